@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` measures, merges into results.json and renders RESULTS.md."""

@@ -1,0 +1,30 @@
+"""`python -m bench [suite ...]`: run suites, merge into results.json, render RESULTS.md, print it."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import foundation
+from bench.results import RESULTS_MD, save
+
+SUITES = {"foundation": foundation.run}
+
+
+def main(argv: list[str]) -> int:
+    chosen = argv or list(SUITES)
+    unknown = [name for name in chosen if name not in SUITES]
+    if unknown:
+        print(
+            f"unknown suite(s): {', '.join(unknown)}; choose from {', '.join(SUITES)}",
+            file=sys.stderr,
+        )
+        return 2
+    for name in chosen:
+        print(f"bench: running {name}", flush=True)
+        save(SUITES[name]())
+    print(RESULTS_MD.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,186 @@
+"""`voiceagent serve` as a real process: start, serve, SIGTERM, and refusing to half-start."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+class ServerProcess:
+    def __init__(self, proc: subprocess.Popen[str], log_path: Path) -> None:
+        self.proc, self.log_path = proc, log_path
+        self.base_url = ""
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_listening(self, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(r"listening on (http://[\d.]+:\d+)", self.log)
+            if found:
+                self.base_url = found.group(1)
+                return self.base_url
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log}")
+            time.sleep(0.05)
+        raise AssertionError(f"server did not listen within {timeout} s:\n{self.log}")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEAGENT_")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[object]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, **env: str) -> ServerProcess:
+        log_path = tmp_path / f"server-{len(procs)}.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "voiceagent", "serve", "--port", "0", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=tmp_path,
+                env=_env(**env),
+            )
+        procs.append(proc)
+        return ServerProcess(proc, log_path)
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "voiceagent", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=_env(**env),
+        timeout=60,
+    )
+
+
+def test_serves_health_and_stops_gracefully_on_sigterm(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = start_server(VOICEAGENT_STORE__URL=f"sqlite+aiosqlite:///{tmp_path}/va.db")
+    base = server.wait_listening()
+    assert httpx.get(f"{base}/healthz").json()["status"] == "ok"
+    assert httpx.get(f"{base}/readyz").status_code == 200
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=15) == 0
+    assert "received SIGTERM" in server.log and "shutdown complete" in server.log
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{base}/healthz")
+
+
+def test_serves_on_the_real_postgresql(start_server, postgres_url: str) -> None:  # type: ignore[no-untyped-def]
+    server = start_server(VOICEAGENT_STORE__URL=postgres_url)
+    base = server.wait_listening()
+    store = httpx.get(f"{base}/readyz").json()["checks"]["store"]
+    assert store["ok"] and store["detail"].startswith("postgresql ")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=15) == 0
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_postgresql_fails_in_one_line_and_listens_nowhere(tmp_path: Path) -> None:
+    port = _closed_port()
+    result = run_cli(
+        "serve",
+        "--port",
+        "0",
+        cwd=tmp_path,
+        VOICEAGENT_STORE__URL=f"postgresql+asyncpg://va:secret@127.0.0.1:{port}/va",
+        VOICEAGENT_STORE__CONNECT_TIMEOUT_S="2",
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith(
+        f"voiceagent: error: cannot reach database postgresql+asyncpg://va:***@127.0.0.1:{port}/va"
+    )
+    assert "secret" not in result.stderr
+    assert "listening on" not in result.stderr
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--port", str(port), cwd=tmp_path)
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == f"voiceagent: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert not (tmp_path / ".data").exists()  # the store was never opened
+
+
+def test_bad_config_exits_non_zero_naming_key_and_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  port: 99999\n")
+    result = run_cli("serve", "--config", str(bad), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"voiceagent: error: invalid configuration: {bad}: server.port:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / ".data").exists()
+
+
+def test_help_lists_every_subcommand_and_each_runs(tmp_path: Path) -> None:
+    help_text = run_cli("--help", cwd=tmp_path).stdout
+    for command in ("serve", "config", "db"):
+        assert re.search(rf"^\s+{command}\s", help_text, re.MULTILINE), help_text
+
+    db_url = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+    shown = run_cli("config", "show", cwd=tmp_path, VOICEAGENT_SERVER__PORT="8123")
+    assert shown.returncode == 0 and "port: 8123" in shown.stdout
+    assert run_cli("config", "check", cwd=tmp_path).stdout.startswith("configuration ok")
+
+    assert run_cli("db", "current", cwd=tmp_path, VOICEAGENT_STORE__URL=db_url).stdout.startswith("base")
+    upgraded = run_cli("db", "upgrade", cwd=tmp_path, VOICEAGENT_STORE__URL=db_url)
+    assert upgraded.returncode == 0 and upgraded.stdout.strip() == "database at 0001"
+    assert run_cli("db", "current", cwd=tmp_path, VOICEAGENT_STORE__URL=db_url).stdout.startswith("0001")
+    down = run_cli("db", "downgrade", "base", cwd=tmp_path, VOICEAGENT_STORE__URL=db_url)
+    assert down.returncode == 0 and down.stdout.strip() == "database at base"
+    assert run_cli("--version", cwd=tmp_path).stdout.startswith("voiceagent ")
+
+
+def test_a_node_with_migrations_off_refuses_an_old_schema(tmp_path: Path) -> None:
+    result = run_cli(
+        "serve",
+        "--port",
+        "0",
+        cwd=tmp_path,
+        VOICEAGENT_STORE__URL=f"sqlite+aiosqlite:///{tmp_path}/old.db",
+        VOICEAGENT_STORE__MIGRATE_ON_START="false",
+    )
+    assert result.returncode == 1
+    assert "database schema is at nothing, this version needs 0001" in result.stderr

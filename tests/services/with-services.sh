@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Start the real services the tests use, run the given command with their addresses in the
+# environment, and stop the services whatever the command's outcome.
+#   tests/services/with-services.sh .venv/bin/pytest -q
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+export VA_RUN_DIR="${VA_RUN_DIR:-$(pwd)/.run}"
+
+stop_all() { "$here/postgres.sh" stop >/dev/null 2>&1 || true; }
+trap stop_all EXIT INT TERM
+
+"$here/postgres.sh" start || exit 1
+set -a
+# shellcheck disable=SC1091
+. "$VA_RUN_DIR/postgres.env"
+set +a
+export VA_REQUIRE_SERVICES=1
+echo "services: PostgreSQL at ${VA_TEST_POSTGRES_URL}"
+
+"$@"

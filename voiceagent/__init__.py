@@ -1,0 +1,3 @@
+"""VoiceAgent: a self-hosted, event-driven real-time voice agent server."""
+
+__version__ = "0.1.0"

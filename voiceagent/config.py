@@ -1,0 +1,209 @@
+"""Typed settings, layered from YAML files and ``VOICEAGENT_*`` environment variables.
+
+Layers, later wins: ``configs/default.yaml`` → the file named by ``--config`` or
+``VOICEAGENT_CONFIG`` → environment variables (``VOICEAGENT_SERVER__PORT=9000``; ``__`` nests).
+Every leaf remembers which layer set it, so a bad value is reported with the file (or variable)
+it came from instead of a bare pydantic traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "VOICEAGENT_"
+CONFIG_ENV_VAR = "VOICEAGENT_CONFIG"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who wrote the config."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos far more often than intent: refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+    # Open calls and streams get this long to finish after SIGTERM before they are cut.
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+
+
+class StoreSettings(_Section):
+    url: str = "sqlite+aiosqlite:///.data/voiceagent.db"
+    connect_timeout_s: float = Field(5.0, gt=0)
+    pool_size: int = Field(5, ge=1)
+    migrate_on_start: bool = True
+    echo_sql: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _supported_driver(cls, url: str) -> str:
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "must start with 'sqlite+aiosqlite://' (embedded) or "
+                "'postgresql+asyncpg://' (shared by several nodes)"
+            )
+        return url
+
+
+class RocketMQSettings(_Section):
+    # The gRPC proxy endpoint ("host:port"), which is all a 5.x client talks to.
+    endpoints: str = "127.0.0.1:8081"
+    namesrv: str = "127.0.0.1:9876"
+    access_key: str = ""
+    secret_key: SecretStr = SecretStr("")
+    request_timeout_s: float = Field(3.0, gt=0)
+
+
+class EventSettings(_Section):
+    # "inprocess" keeps `make run` free of Java; "rocketmq" is what several nodes share.
+    backend: Literal["inprocess", "rocketmq"] = "inprocess"
+    rocketmq: RocketMQSettings = RocketMQSettings()
+
+
+class LLMSettings(_Section):
+    # None means the embedded local OpenAI-compatible server; any other URL is external.
+    base_url: str | None = None
+    api_key: SecretStr = SecretStr("not-needed")
+    model: str = "local"
+    request_timeout_s: float = Field(30.0, gt=0)
+
+
+class Settings(_Section):
+    node_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    events: EventSettings = EventSettings()
+    llm: LLMSettings = LLMSettings()
+
+
+Layer = tuple[str, Mapping[str, Any]]
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    default_path: Path = DEFAULT_CONFIG_PATH,
+) -> Settings:
+    """Build the effective settings; raise ConfigError naming the key and where it came from."""
+    environ = os.environ if environ is None else environ
+    layers: list[Layer] = []
+    if default_path.exists():
+        layers.append((str(default_path), _read_yaml(default_path)))
+    chosen = config_path or environ.get(CONFIG_ENV_VAR)
+    if chosen:
+        path = Path(chosen)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        layers.append((str(path), _read_yaml(path)))
+    env_layer = _env_overrides(environ)
+    if env_layer:
+        layers.append(("environment", env_layer))
+    merged, origins = _merge(layers)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origins)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Turn ``VOICEAGENT_A__B=v`` into ``{"a": {"b": v}}``; JSON values for lists and maps."""
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV_VAR:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise ConfigError(f"environment {name}: empty key segment (use '__' between keys)")
+        value: Any = raw
+        if raw[:1] in "[{":
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"environment {name}: not valid JSON: {exc.msg}") from None
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment {name}: '{part}' is set both as a value and a section")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(layers: list[Layer]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    merged: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+
+    def fold(target: dict[str, Any], source: Mapping[str, Any], prefix: tuple[str, ...], label: str) -> None:
+        for key, value in source.items():
+            path = (*prefix, str(key))
+            if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+                fold(target[key], value, path, label)
+            else:
+                target[key] = dict(value) if isinstance(value, Mapping) else value
+                origins[path] = label
+                # A whole section replaced by this layer: its leaves are this layer's too.
+                for known in [p for p in origins if p[: len(path)] == path and p != path]:
+                    origins[known] = label
+
+    for label, data in layers:
+        fold(merged, data, (), label)
+    return merged, origins
+
+
+def _describe(exc: ValidationError, origins: Mapping[tuple[str, ...], str]) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        source = next(
+            (origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins),
+            "defaults",
+        )
+        key = ".".join(loc) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{source}: {key}: unknown key")
+            continue
+        got = error.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        problems.append(f"{source}: {key}: {error['msg']}{shown}")
+    return "invalid configuration: " + "; ".join(problems)
+
+
+def settings_as_yaml(settings: Settings) -> str:
+    """The effective settings with secrets (SecretStr fields, URL passwords) masked."""
+    data = settings.model_dump(mode="json")
+    data["store"]["url"] = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", data["store"]["url"])
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,92 @@
+"""Everything one server process owns, started before the port opens and stopped after it closes.
+
+Starting outside uvicorn's lifespan lets ``voiceagent serve`` refuse to listen at all when a
+dependency is broken, with one line saying why, instead of half-starting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import text
+
+from voiceagent.config import Settings
+from voiceagent.server.metrics import Metrics
+from voiceagent.server.readiness import Readiness
+from voiceagent.store import Database, Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """A dependency the node cannot run without; the message is meant for the operator."""
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(settings.node_id)
+        self.database = Database(settings.store)
+        self.store = Store(self.database)
+        self.readiness = Readiness(self.metrics)
+        self._http = httpx.AsyncClient(timeout=settings.llm.request_timeout_s)
+        self.readiness.add("store", self._probe_store)
+        if settings.llm.base_url:
+            self.readiness.add("llm", self._probe_llm)
+        if settings.events.backend == "rocketmq":
+            self.readiness.add("events", self._probe_rocketmq)
+        self.started = False
+
+    async def start(self) -> None:
+        try:
+            await self.database.ping()
+            if self.settings.store.migrate_on_start:
+                await self.database.migrate()
+            else:
+                current, head = await self.database.current_revision(), Database.head_revision()
+                if current != head:
+                    raise StartupError(
+                        f"database schema is at {current or 'nothing'}, this version needs {head}: "
+                        "run `voiceagent db upgrade` or set store.migrate_on_start"
+                    )
+        except StoreUnavailable as exc:
+            await self.stop()
+            raise StartupError(str(exc)) from exc
+        except BaseException:
+            await self.stop()
+            raise
+        self.started = True
+        log.info("node %s started (store: %s)", self.settings.node_id, self.database.dialect)
+
+    async def stop(self) -> None:
+        await self._http.aclose()
+        await self.database.close()
+        self.started = False
+
+    async def _probe_store(self) -> str:
+        async with self.database.engine.connect() as conn:
+            if self.database.dialect == "postgresql":
+                version = await conn.scalar(text("SHOW server_version"))
+                return f"postgresql {version}"
+            version = await conn.scalar(text("SELECT sqlite_version()"))
+            return f"sqlite {version}"
+
+    async def _probe_llm(self) -> str:
+        base_url = str(self.settings.llm.base_url).rstrip("/")
+        headers = {"Authorization": f"Bearer {self.settings.llm.api_key.get_secret_value()}"}
+        response = await self._http.get(f"{base_url}/models", headers=headers)
+        response.raise_for_status()
+        models = [m.get("id") for m in response.json().get("data", [])]
+        return f"{len(models)} model(s) at {base_url}"
+
+    async def _probe_rocketmq(self) -> str:
+        endpoint = self.settings.events.rocketmq.endpoints.split(";")[0]
+        parts = urlsplit(f"//{endpoint}")
+        host, port = parts.hostname or "127.0.0.1", parts.port or 8081
+        _, writer = await asyncio.open_connection(host, port)
+        writer.close()
+        await writer.wait_closed()
+        return f"proxy {host}:{port} accepts connections"

@@ -1,0 +1,79 @@
+"""Prometheus metrics, one registry per runtime so tests and several apps never collide."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+
+from voiceagent import __version__
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self, node_id: str) -> None:
+        self.registry = CollectorRegistry()
+        self.build_info = Gauge(
+            "voiceagent_build_info",
+            "Version and node of this server",
+            ["version", "node_id"],
+            registry=self.registry,
+        )
+        self.build_info.labels(version=__version__, node_id=node_id).set(1)
+        self.http_requests = Counter(
+            "voiceagent_http_requests_total",
+            "HTTP requests served",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "voiceagent_http_request_duration_seconds",
+            "HTTP request handling time",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.dependency_up = Gauge(
+            "voiceagent_dependency_up",
+            "1 when the last readiness probe of a dependency passed",
+            ["dependency"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def http_middleware(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        route = _route_template(request)
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            self.http_requests.labels(request.method, route, str(status)).inc()
+            self.http_latency.labels(request.method, route).observe(time.perf_counter() - started)
+
+
+def _route_template(request: Request) -> str:
+    # Label by route template, not raw path, so ids in URLs cannot blow up the series count.
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is Match.FULL:
+            return str(getattr(route, "path", "other"))
+    return "unmatched"

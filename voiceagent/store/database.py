@@ -1,0 +1,143 @@
+"""Async engine lifecycle: connect with a deadline, migrate under a lock, fail in one line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from voiceagent.config import StoreSettings
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Any fixed 64-bit key: nodes sharing one PostgreSQL take turns migrating it.
+_MIGRATION_LOCK_KEY = 0x766F696365  # "voice"
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached or used; the message is safe to print (no password)."""
+
+
+def redacted(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def alembic_config(connection: Connection | None = None, url: str | None = None) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+class Database:
+    """One engine per process; sessions come from :attr:`sessions`."""
+
+    def __init__(self, settings: StoreSettings) -> None:
+        self.settings = settings
+        self.url = make_url(settings.url)
+        self.engine: AsyncEngine = self._create_engine()
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    def _create_engine(self) -> AsyncEngine:
+        timeout = self.settings.connect_timeout_s
+        if self.dialect == "sqlite":
+            database = self.url.database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(
+                self.url, echo=self.settings.echo_sql, connect_args={"timeout": timeout}
+            )
+            event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+            event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
+            return engine
+        return create_async_engine(
+            self.url,
+            echo=self.settings.echo_sql,
+            pool_size=self.settings.pool_size,
+            pool_pre_ping=True,
+            connect_args={"timeout": timeout, "command_timeout": max(timeout, 30.0)},
+        )
+
+    async def ping(self) -> None:
+        """Round-trip ``SELECT 1``; raise StoreUnavailable with the reason in one line."""
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout_s + 1):
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"cannot reach database {redacted(self.settings.url)}: {_reason(exc)}"
+            ) from exc
+
+    async def migrate(self, revision: str = "head") -> None:
+        await self._run_alembic(lambda cfg: command.upgrade(cfg, revision))
+
+    async def downgrade(self, revision: str) -> None:
+        await self._run_alembic(lambda cfg: command.downgrade(cfg, revision))
+
+    async def current_revision(self) -> str | None:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+
+    @staticmethod
+    def head_revision() -> str | None:
+        return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+    async def _run_alembic(self, operation: Callable[[AlembicConfig], None]) -> None:
+        def run(sync_conn: Connection) -> None:
+            if self.dialect == "postgresql":
+                sync_conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            operation(alembic_config(sync_conn))
+
+        try:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(run)
+        except (OSError, TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"cannot reach database {redacted(self.settings.url)}: {_reason(exc)}"
+            ) from exc
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: object) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN itself instead of the driver's lazy BEGIN.
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    # WAL lets the dashboard read while a call writes; FKs are off by default in SQLite.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin_immediate(conn: Connection) -> None:
+    # Take the write lock at BEGIN: two deferred transactions that both read-then-write (turn
+    # numbering) would otherwise both read the same state or fail with SQLITE_BUSY_SNAPSHOT.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost useful message, on one line."""
+    seen = exc
+    while seen.__cause__ is not None and not str(seen).strip():
+        seen = seen.__cause__
+    message = str(seen).strip() or type(seen).__name__
+    if isinstance(seen, TimeoutError) and not str(seen).strip():
+        message = "timed out"
+    first = message.splitlines()[0]
+    return f"{type(seen).__name__}: {first}" if type(seen).__name__ not in first else first

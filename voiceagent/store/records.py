@@ -1,0 +1,77 @@
+"""Pydantic views of stored rows: what the rest of the code passes around, never ORM objects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # Stored as UTC everywhere; SQLite hands back naive values even for timezone=True columns.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
+
+class UserRecord(_Record):
+    id: str
+    display_name: str | None
+    attributes: dict[str, Any]
+    created_at: UtcDatetime
+    last_seen_at: UtcDatetime
+
+
+class TurnMetrics(_Record):
+    """Seconds spent per stage of one turn; None when the stage did not run."""
+
+    endpointing_s: float | None = Field(None, ge=0)
+    asr_s: float | None = Field(None, ge=0)
+    llm_first_token_s: float | None = Field(None, ge=0)
+    tts_first_audio_s: float | None = Field(None, ge=0)
+    voice_to_voice_s: float | None = Field(None, ge=0)
+
+
+class NewTurn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    started_at: UtcDatetime
+    ended_at: UtcDatetime | None = None
+    user_text: str = ""
+    agent_text: str = ""
+    agent_text_heard: str = ""
+    interrupted: bool = False
+    metrics: TurnMetrics = TurnMetrics()
+
+
+class TurnRecord(_Record):
+    id: int
+    call_id: str
+    index: int
+    started_at: UtcDatetime
+    ended_at: UtcDatetime | None
+    user_text: str
+    agent_text: str
+    agent_text_heard: str
+    interrupted: bool
+    metrics: TurnMetrics
+
+
+class CallRecord(_Record):
+    id: str
+    user_id: str
+    node_id: str
+    started_at: UtcDatetime
+    ended_at: UtcDatetime | None
+    end_reason: str | None
+    turns: list[TurnRecord] = []
+
+    @property
+    def active(self) -> bool:
+        return self.ended_at is None
