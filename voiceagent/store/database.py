@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from voiceagent.config import StoreSettings
@@ -47,6 +48,7 @@ class Database:
         self.url = make_url(settings.url)
         self.engine: AsyncEngine = self._create_engine()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._wal_checked = False
 
     @property
     def dialect(self) -> str:
@@ -76,12 +78,36 @@ class Database:
         """Round-trip ``SELECT 1``; raise StoreUnavailable with the reason in one line."""
         try:
             async with asyncio.timeout(self.settings.connect_timeout_s + 1):
+                await self._ensure_wal()
                 async with self.engine.connect() as conn:
                     await conn.execute(text("SELECT 1"))
         except Exception as exc:
             raise StoreUnavailable(
                 f"cannot reach database {redacted(self.settings.url)}: {_reason(exc)}"
             ) from exc
+
+    async def _ensure_wal(self) -> None:
+        """WAL lets the dashboard read while a call writes. It is a property of the file, set once;
+        the switch does not wait on SQLite's busy handler, so another opener holding a lock is
+        retried here rather than failing the start."""
+        if self.dialect != "sqlite" or self._wal_checked:
+            return
+        for attempt in range(50):
+            try:
+                async with self.engine.connect() as conn:
+                    # Straight to the driver: SQLAlchemy would wrap the PRAGMA in BEGIN IMMEDIATE,
+                    # and the journal mode cannot change inside a transaction.
+                    raw: Any = (await conn.get_raw_connection()).driver_connection
+                    async with raw.execute("PRAGMA journal_mode") as cursor:
+                        row = await cursor.fetchone()
+                    if str(row[0]).lower() not in ("wal", "memory"):
+                        await raw.execute("PRAGMA journal_mode=WAL")
+                break
+            except OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                await asyncio.sleep(0.05)
+        self._wal_checked = True
 
     async def migrate(self, revision: str = "head") -> None:
         await self._run_alembic(lambda cfg: command.upgrade(cfg, revision))
@@ -104,6 +130,7 @@ class Database:
             operation(alembic_config(sync_conn))
 
         try:
+            await self._ensure_wal()
             async with self.engine.begin() as conn:
                 await conn.run_sync(run)
         except (OSError, TimeoutError) as exc:
@@ -119,9 +146,7 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: object) -> None:
     # Let SQLAlchemy's "begin" event issue BEGIN itself instead of the driver's lazy BEGIN.
     dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
-    # WAL lets the dashboard read while a call writes; FKs are off by default in SQLite.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA foreign_keys=ON")  # off by default in SQLite
     cursor.close()
 
 
