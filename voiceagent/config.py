@@ -70,10 +70,41 @@ class RocketMQSettings(_Section):
     request_timeout_s: float = Field(3.0, gt=0)
 
 
+class TopicSettings(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,127}$")
+    # RocketMQ 5 checks each message against its topic's type: delayed sends need DELAY or MIXED.
+    message_type: Literal["NORMAL", "DELAY", "FIFO", "MIXED"] = "NORMAL"
+
+
+def _default_topics() -> dict[str, TopicSettings]:
+    return {
+        "outreach": TopicSettings(name="voiceagent-outreach", message_type="MIXED"),
+        "knowledge": TopicSettings(name="voiceagent-knowledge", message_type="NORMAL"),
+        "dead_letter": TopicSettings(name="voiceagent-dead-letter", message_type="NORMAL"),
+    }
+
+
+REQUIRED_TOPICS = ("outreach", "knowledge", "dead_letter")
+
+
 class EventSettings(_Section):
     # "inprocess" keeps `make run` free of Java; "rocketmq" is what several nodes share.
     backend: Literal["inprocess", "rocketmq"] = "inprocess"
+    # Logical name -> broker topic. Every topic the project uses is declared here and only here.
+    topics: dict[str, TopicSettings] = Field(default_factory=_default_topics)
+    # A publish that meets a down broker is retried with exponential backoff this many times.
+    publish_retries: int = Field(5, ge=0)
+    publish_backoff_s: float = Field(0.2, gt=0)
+    publish_backoff_max_s: float = Field(5.0, gt=0)
     rocketmq: RocketMQSettings = RocketMQSettings()
+
+    @field_validator("topics")
+    @classmethod
+    def _required_topics(cls, topics: dict[str, TopicSettings]) -> dict[str, TopicSettings]:
+        missing = [name for name in REQUIRED_TOPICS if name not in topics]
+        if missing:
+            raise ValueError(f"missing topic(s): {', '.join(missing)}")
+        return topics
 
 
 class LLMSettings(_Section):

@@ -1,0 +1,60 @@
+"""Event-bus fixtures: every contract test runs on the in-process bus and on the real RocketMQ.
+
+Each test gets its own consumer groups and tags, so tests never see each other's messages on the
+shared broker topics (a new RocketMQ group may start at the earliest or the latest offset).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from tests.conftest import require_service
+from voiceagent.config import EventSettings, RocketMQSettings
+from voiceagent.events import EventBus, MessageBus
+from voiceagent.events.factory import create_transport
+
+ROCKETMQ_ENV = "VA_TEST_ROCKETMQ_ENDPOINT"
+
+
+def event_settings(backend: str, endpoint: str = "127.0.0.1:8081", **overrides: object) -> EventSettings:
+    fields: dict[str, object] = {"publish_backoff_s": 0.01, "publish_backoff_max_s": 0.05, **overrides}
+    return EventSettings(
+        backend=backend,  # type: ignore[arg-type]
+        rocketmq=RocketMQSettings(endpoints=endpoint),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("inprocess", id="inprocess"),
+        pytest.param("rocketmq", id="rocketmq", marks=[pytest.mark.rocketmq, pytest.mark.integration]),
+    ]
+)
+def backend_settings(request: pytest.FixtureRequest) -> EventSettings:
+    if request.param == "rocketmq":
+        return event_settings("rocketmq", require_service("RocketMQ", ROCKETMQ_ENV))
+    return event_settings("inprocess")
+
+
+@pytest.fixture
+async def transport(backend_settings: EventSettings) -> AsyncIterator[MessageBus]:
+    bus = create_transport(backend_settings)
+    await bus.start()
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+def event_bus(transport: MessageBus, backend_settings: EventSettings) -> EventBus:
+    return EventBus(transport, backend_settings)
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """unique("group") -> "group-3f2a9c..." : names no other test (or earlier run) uses."""
+    run = uuid.uuid4().hex[:10]
+    return lambda prefix: f"{prefix}-{run}"
