@@ -82,6 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     downgrade.set_defaults(handler=_cmd_db_downgrade)
     current = db_commands.add_parser("current", parents=[common], help="print the schema revision")
     current.set_defaults(handler=_cmd_db_current)
+
+    broker = commands.add_parser("broker", help="a local Apache RocketMQ 5 for development and tests")
+    broker_commands = broker.add_subparsers(title="broker commands", metavar="ACTION", required=True)
+    fetch = broker_commands.add_parser("fetch", parents=[common], help="download the server jars (Maven)")
+    fetch.set_defaults(handler=_cmd_broker, action="fetch")
+    start = broker_commands.add_parser("start", parents=[common], help="start, create topics, probe")
+    start.add_argument("--fresh", action="store_true", help="wipe the data folder first")
+    start.set_defaults(handler=_cmd_broker, action="start")
+    stop = broker_commands.add_parser("stop", parents=[common], help="stop both JVMs (keeps data)")
+    stop.set_defaults(handler=_cmd_broker, action="stop")
+    status = broker_commands.add_parser("status", parents=[common], help="exit 0 when running")
+    status.set_defaults(handler=_cmd_broker, action="status")
     return parser
 
 
@@ -145,6 +157,33 @@ def _cmd_db_current(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{revision or 'base'} (head: {head})")
 
     return _with_database(current)(settings, args)
+
+
+def _cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
+    from voiceagent.events.rocketmq.broker import BrokerError, LocalBroker
+
+    topics = {t.name: t.message_type for t in settings.events.topics.values()}
+    broker = LocalBroker(
+        settings.events.rocketmq, topics, say=lambda line: print(f"broker: {line}", flush=True)
+    )
+    try:
+        if args.action == "fetch":
+            print(f"broker: jars in {broker.fetch()}")
+        elif args.action == "start":
+            broker.start(fresh=args.fresh)
+        elif args.action == "stop":
+            broker.stop()
+        else:
+            state = broker.status()
+            print(
+                f"namesrv: {state.namesrv_pid or 'down'}, broker: {state.broker_pid or 'down'}, "
+                f"gRPC 127.0.0.1:{broker.grpc_port}: {'listening' if state.grpc_listening else 'closed'}"
+            )
+            return EXIT_OK if state.running else 3
+    except BrokerError as exc:
+        print(f"voiceagent: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _cmd_serve(settings: Settings, _: argparse.Namespace) -> int:

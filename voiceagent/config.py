@@ -61,6 +61,19 @@ class StoreSettings(_Section):
         return url
 
 
+class LocalBrokerSettings(_Section):
+    """The RocketMQ this machine runs itself (`voiceagent broker start`), for dev and tests."""
+
+    version: str = "5.3.3"
+    cache_dir: str = "~/.cache/voiceagent/rocketmq"  # server jars from Maven Central, kept between runs
+    data_dir: str = ".run/rocketmq"  # store, configs, logs and pid files of one broker
+    broker_port: int = Field(10911, ge=1024, le=65533)  # also uses port-2 and port+1
+    proxy_remoting_port: int = Field(18080, ge=1024, le=65535)
+    namesrv_heap_mb: int = Field(256, ge=64)
+    broker_heap_mb: int = Field(768, ge=256)
+    start_timeout_s: float = Field(180.0, gt=0)
+
+
 class RocketMQSettings(_Section):
     # The gRPC proxy endpoint ("host:port"), which is all a 5.x client talks to.
     endpoints: str = "127.0.0.1:8081"
@@ -68,6 +81,7 @@ class RocketMQSettings(_Section):
     access_key: str = ""
     secret_key: SecretStr = SecretStr("")
     request_timeout_s: float = Field(3.0, gt=0)
+    local: LocalBrokerSettings = LocalBrokerSettings()
 
 
 class TopicSettings(_Section):

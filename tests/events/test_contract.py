@@ -32,7 +32,9 @@ def greet(user: str = "alice", **fields: object) -> GreetEvent:
     return GreetEvent(payload=GreetPayload(user_id=user, reason="returning user"), **fields)  # type: ignore[arg-type]
 
 
-async def receive_until(sub: EventSubscription, count: int, timeout: float = 20.0, **kw: float) -> list[Delivery]:
+async def receive_until(
+    sub: EventSubscription, count: int, timeout: float = 20.0, **kw: float
+) -> list[Delivery]:
     got: list[Delivery] = []
     deadline = time.monotonic() + timeout
     while len(got) < count and time.monotonic() < deadline:
@@ -45,7 +47,9 @@ async def dead_letter_reader(bus: EventBus, unique: Unique, tag: str = "*") -> M
     return await bus.transport.consumer(unique("dlq-reader"), {bus.topic("dead_letter"): tag})
 
 
-async def drain(consumer: MessageConsumer, group: str, count: int, timeout: float = 30.0) -> list[ReceivedMessage]:
+async def drain(
+    consumer: MessageConsumer, group: str, count: int, timeout: float = 30.0
+) -> list[ReceivedMessage]:
     """Dead letters written on behalf of ``group`` (other tests share the topic)."""
     got: list[ReceivedMessage] = []
     deadline = time.monotonic() + timeout
@@ -66,7 +70,9 @@ async def test_publish_then_receive_round_trips_every_event_type(event_bus: Even
     knowledge = await event_bus.subscribe(unique("g-kb"), ["knowledge"], tag)
     events = [
         greet(),
-        AskEvent(payload=AskPayload(user_id="bob", question="Shall I book the table for 7?", intent="booking")),
+        AskEvent(
+            payload=AskPayload(user_id="bob", question="Shall I book the table for 7?", intent="booking")
+        ),
         KnowledgeChangedEvent(payload=KnowledgeChangedPayload(document_id="faq/7", change="updated")),
     ]
     for event in events:
@@ -186,7 +192,9 @@ async def test_duplicate_publishes_are_handled_once(event_bus: EventBus, unique:
     await sub.close()
 
 
-async def test_unreadable_messages_go_to_dead_letter_and_do_not_block(event_bus: EventBus, unique: Unique) -> None:
+async def test_unreadable_messages_go_to_dead_letter_and_do_not_block(
+    event_bus: EventBus, unique: Unique
+) -> None:
     tag = unique("t")
     group = unique("g")
     sub = await event_bus.subscribe(group, ["outreach"], tag)
@@ -197,7 +205,10 @@ async def test_unreadable_messages_go_to_dead_letter_and_do_not_block(event_bus:
     bad_bodies = {
         "not_json": b"\x00\xffnot json",
         "unknown_type": greet().model_dump_json().replace("outreach.greet", "outreach.dance").encode(),
-        "schema_version": greet().model_dump_json().replace('"schema_version":1', '"schema_version":9').encode(),
+        "schema_version": greet()
+        .model_dump_json()
+        .replace('"schema_version":1', '"schema_version":9')
+        .encode(),
         "invalid": b'{"schema_version":1,"type":"outreach.ask","payload":{"user_id":"x"}}',
     }
     for body in bad_bodies.values():

@@ -8,7 +8,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from voiceagent.events import AskEvent, AskPayload, EventRejected, GreetEvent, GreetPayload, KnowledgeChangedEvent
+from voiceagent.events import (
+    AskEvent,
+    AskPayload,
+    EventRejected,
+    GreetEvent,
+    GreetPayload,
+    KnowledgeChangedEvent,
+)
 from voiceagent.events.envelope import MAX_BODY_BYTES, decode, encode
 
 
@@ -23,7 +30,11 @@ def test_round_trip_keeps_every_field() -> None:
 
 def test_type_selects_the_payload_model() -> None:
     body = json.dumps(
-        {"schema_version": 1, "type": "knowledge.changed", "payload": {"document_id": "faq/1", "change": "added"}}
+        {
+            "schema_version": 1,
+            "type": "knowledge.changed",
+            "payload": {"document_id": "faq/1", "change": "added"},
+        }
     ).encode()
     event = decode(body)
     assert isinstance(event, KnowledgeChangedEvent) and event.payload.change == "added"

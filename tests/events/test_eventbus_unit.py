@@ -63,7 +63,9 @@ async def test_publish_retries_with_growing_backoff_then_succeeds() -> None:
         sleeps.append(seconds)
 
     transport = FlakyTransport(failures=3)
-    settings = event_settings("inprocess", publish_retries=5, publish_backoff_s=1.0, publish_backoff_max_s=3.0)
+    settings = event_settings(
+        "inprocess", publish_retries=5, publish_backoff_s=1.0, publish_backoff_max_s=3.0
+    )
     bus = EventBus(transport, settings, sleep=fake_sleep)
     assert await bus.publish(greet()) == "id-1"
     assert transport.attempts == 4 and len(transport.sent) == 1
@@ -85,7 +87,9 @@ async def test_publish_gives_up_with_a_clear_error() -> None:
 async def test_rejections_are_not_retried() -> None:
     bus = EventBus(InProcessBus({"voiceagent-outreach": "NORMAL"}), event_settings("inprocess"))
     with pytest.raises(TopicNotFound):
-        await bus.publish(GreetEvent(payload=GreetPayload(user_id="u")).model_copy(update={"type": "knowledge.changed"}))
+        await bus.publish(
+            GreetEvent(payload=GreetPayload(user_id="u")).model_copy(update={"type": "knowledge.changed"})
+        )
     with pytest.raises(MessageRejected, match="NORMAL"):
         await bus.publish(greet(), deliver_at=datetime.now(UTC) + timedelta(seconds=5))
 
@@ -163,4 +167,3 @@ async def test_stale_receipts_are_refused() -> None:
         await consumer.ack(old)
     await consumer.ack(new)
     assert await consumer.receive(wait_s=0) == []
-

@@ -1,0 +1,104 @@
+"""What only the real broker can show: restarts, unreachable proxies, its own limits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import require_service
+from tests.events.conftest import ROCKETMQ_ENV, event_settings
+from voiceagent.config import LocalBrokerSettings, RocketMQSettings
+from voiceagent.events import (
+    EventBus,
+    GreetEvent,
+    GreetPayload,
+    MessageRejected,
+    OutgoingMessage,
+    PublishFailed,
+)
+from voiceagent.events.factory import create_transport
+from voiceagent.events.rocketmq.broker import LocalBroker
+
+pytestmark = [pytest.mark.rocketmq, pytest.mark.integration]
+Unique = Callable[[str], str]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_unreachable_broker_fails_publishing_clearly_after_backoff() -> None:
+    settings = event_settings(
+        "rocketmq", f"127.0.0.1:{_closed_port()}", publish_retries=3, publish_backoff_s=0.05
+    )
+    transport = create_transport(settings)
+    await transport.start()  # the client connects lazily: start succeeds, sends fail
+    bus = EventBus(transport, settings)
+    started = time.monotonic()
+    try:
+        with pytest.raises(PublishFailed, match=r"broker unreachable after 4 attempt\(s\)"):
+            await bus.publish(GreetEvent(payload=GreetPayload(user_id="alice")))
+    finally:
+        await transport.close()
+    assert time.monotonic() - started < 30  # retried with backoff, did not hang
+
+
+async def test_broker_limits_are_our_errors() -> None:
+    settings = event_settings("rocketmq", require_service("RocketMQ", ROCKETMQ_ENV))
+    transport = create_transport(settings)
+    await transport.start()
+    topic = settings.topics["outreach"].name
+    try:
+        with pytest.raises(MessageRejected, match="exceeds|size"):
+            await transport.send(OutgoingMessage(topic=topic, body=b"x" * (4 * 1024 * 1024 + 1)))
+        with pytest.raises(MessageRejected):
+            await transport.send(OutgoingMessage(topic=topic, body=b""))
+    finally:
+        await transport.close()
+
+
+async def test_a_broker_restart_loses_no_event_acknowledged_as_sent(unique: Unique) -> None:
+    endpoint = require_service("RocketMQ", ROCKETMQ_ENV)
+    data_dir = os.environ["VA_TEST_ROCKETMQ_DATA_DIR"]
+    settings = event_settings("rocketmq", endpoint)
+    broker_settings = RocketMQSettings(endpoints=endpoint, local=LocalBrokerSettings(data_dir=data_dir))
+    broker = LocalBroker(
+        broker_settings, {t.name: t.message_type for t in settings.topics.values()}, say=print
+    )
+    transport = create_transport(settings)
+    await transport.start()
+    bus = EventBus(transport, settings)
+    tag = unique("restart")
+    subscription = await bus.subscribe(unique("g"), ["outreach"], tag)
+    try:
+        before = [GreetEvent(payload=GreetPayload(user_id=f"before-{i}")) for i in range(50)]
+        await bus.publish_many(before, tag=tag)  # each acknowledged by the broker
+
+        await asyncio.to_thread(broker.stop)
+        await asyncio.to_thread(broker.start)
+
+        after = [GreetEvent(payload=GreetPayload(user_id=f"after-{i}")) for i in range(50)]
+        await bus.publish_many(after, tag=tag)
+
+        seen: set[str] = set()
+        deadline = time.monotonic() + 90
+        while len(seen) < 100 and time.monotonic() < deadline:
+            try:
+                deliveries = await subscription.receive(max_messages=32, wait_s=2)
+            except Exception:  # the consumer rebuilds itself after the restart
+                await asyncio.sleep(0.5)
+                continue
+            for delivery in deliveries:
+                seen.add(delivery.event.id)
+                await subscription.ack(delivery)
+        assert seen == {e.id for e in before + after}
+    finally:
+        await subscription.close()
+        await transport.close()
