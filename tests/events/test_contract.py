@@ -33,10 +33,10 @@ def greet(user: str = "alice", **fields: object) -> GreetEvent:
 
 
 async def receive_until(
-    sub: EventSubscription, count: int, timeout: float = 20.0, **kw: float
+    sub: EventSubscription, count: int, within_s: float = 20.0, **kw: float
 ) -> list[Delivery]:
     got: list[Delivery] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     while len(got) < count and time.monotonic() < deadline:
         got += await sub.receive(wait_s=min(2.0, max(0.1, deadline - time.monotonic())), **kw)  # type: ignore[arg-type]
     return got
@@ -48,11 +48,11 @@ async def dead_letter_reader(bus: EventBus, unique: Unique, tag: str = "*") -> M
 
 
 async def drain(
-    consumer: MessageConsumer, group: str, count: int, timeout: float = 30.0
+    consumer: MessageConsumer, group: str, count: int, within_s: float = 30.0
 ) -> list[ReceivedMessage]:
     """Dead letters written on behalf of ``group`` (other tests share the topic)."""
     got: list[ReceivedMessage] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     try:
         while len(got) < count and time.monotonic() < deadline:
             for message in await consumer.receive(wait_s=min(2.0, max(0.1, deadline - time.monotonic()))):
@@ -131,7 +131,7 @@ async def test_unacked_message_comes_back_and_acked_one_does_not(event_bus: Even
         if delivery.event.id == kept.id:
             await sub.ack(delivery)
 
-    again = await receive_until(sub, 1, timeout=30.0, invisible_s=30.0)
+    again = await receive_until(sub, 1, within_s=30.0, invisible_s=30.0)
     assert [d.event.id for d in again] == [dropped.id]
     assert again[0].message.delivery_attempt == 2
     await sub.ack(again[0])
@@ -156,7 +156,7 @@ async def test_delayed_event_arrives_not_before_its_time(event_bus: EventBus, un
     event = greet()
     await event_bus.publish(event, tag=tag, deliver_at=deliver_at)
 
-    [delivery] = await receive_until(sub, 1, timeout=30.0)
+    [delivery] = await receive_until(sub, 1, within_s=30.0)
     arrived = datetime.now(UTC)
     assert delivery.event.id == event.id
     assert arrived >= deliver_at, f"arrived {(deliver_at - arrived).total_seconds():.3f} s early"

@@ -56,7 +56,7 @@ async def test_broker_limits_are_our_errors() -> None:
     await transport.start()
     topic = settings.topics["outreach"].name
     try:
-        with pytest.raises(MessageRejected, match="exceeds|size"):
+        with pytest.raises(MessageRejected, match=r"exceeds|size"):
             await transport.send(OutgoingMessage(topic=topic, body=b"x" * (4 * 1024 * 1024 + 1)))
         with pytest.raises(MessageRejected):
             await transport.send(OutgoingMessage(topic=topic, body=b""))
