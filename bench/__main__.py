@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from bench import foundation
+from bench import events, foundation
 from bench.results import RESULTS_MD, save
 
-SUITES = {"foundation": foundation.run}
+SUITES = {"foundation": foundation.run, "events": events.run}
 
 
 def main(argv: list[str]) -> int:

@@ -14,6 +14,8 @@ import httpx
 from sqlalchemy import text
 
 from voiceagent.config import Settings
+from voiceagent.events import EventBus
+from voiceagent.events.factory import create_transport
 from voiceagent.server.metrics import Metrics
 from voiceagent.server.readiness import Readiness
 from voiceagent.store import Database, Store, StoreUnavailable
@@ -31,18 +33,20 @@ class Runtime:
         self.metrics = Metrics(settings.node_id)
         self.database = Database(settings.store)
         self.store = Store(self.database)
+        self.events = EventBus(create_transport(settings.events), settings.events)
         self.readiness = Readiness(self.metrics)
         self._http = httpx.AsyncClient(timeout=settings.llm.request_timeout_s)
         self.readiness.add("store", self._probe_store)
+        self.readiness.add("events", self._probe_events)
         if settings.llm.base_url:
             self.readiness.add("llm", self._probe_llm)
-        if settings.events.backend == "rocketmq":
-            self.readiness.add("events", self._probe_rocketmq)
         self.started = False
 
     async def start(self) -> None:
         try:
             await self.database.ping()
+            # A down broker does not stop the node: publishes retry and /readyz says so.
+            await self.events.transport.start()
             if self.settings.store.migrate_on_start:
                 await self.database.migrate()
             else:
@@ -62,6 +66,7 @@ class Runtime:
         log.info("node %s started (store: %s)", self.settings.node_id, self.database.dialect)
 
     async def stop(self) -> None:
+        await self.events.transport.close()
         await self._http.aclose()
         await self.database.close()
         self.started = False
@@ -82,7 +87,9 @@ class Runtime:
         models = [m.get("id") for m in response.json().get("data", [])]
         return f"{len(models)} model(s) at {base_url}"
 
-    async def _probe_rocketmq(self) -> str:
+    async def _probe_events(self) -> str:
+        if self.settings.events.backend == "inprocess":
+            return "in-process bus"
         endpoint = self.settings.events.rocketmq.endpoints.split(";")[0]
         parts = urlsplit(f"//{endpoint}")
         host, port = parts.hostname or "127.0.0.1", parts.port or 8081

@@ -258,3 +258,21 @@ async def test_a_failing_handler_is_retried_then_dead_lettered(event_bus: EventB
     [letter] = await drain(dlq, group, 1)
     assert "tool call exploded" in letter.properties[DLQ_DETAIL]
     await sub.close()
+
+
+async def test_a_burst_published_together_arrives_whole(event_bus: EventBus, unique: Unique) -> None:
+    tag = unique("t")
+    sub = await event_bus.subscribe(unique("g"), ["outreach"], tag)
+    burst = [greet(f"user-{i}") for i in range(150)] + [
+        AskEvent(payload=AskPayload(user_id=f"asked-{i}", question="Still want the table?"))
+        for i in range(50)
+    ]
+    ids = await event_bus.publish_many(burst, tag=tag)
+    assert len(ids) == len(burst)
+
+    got = await receive_until(sub, len(burst), within_s=30.0, max_messages=32)
+    assert sorted(d.event.id for d in got) == sorted(e.id for e in burst)
+    assert {d.event.type for d in got} == {"outreach.greet", "outreach.ask"}
+    for delivery in got:
+        await sub.ack(delivery)
+    await sub.close()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +105,27 @@ async def test_a_broker_restart_loses_no_event_acknowledged_as_sent(unique: Uniq
     finally:
         await subscription.close()
         await transport.close()
+
+
+def test_broker_command_reports_the_running_broker(tmp_path: Path) -> None:
+    require_service("RocketMQ", ROCKETMQ_ENV)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEAGENT_")}
+    env["VOICEAGENT_EVENTS__ROCKETMQ__LOCAL__DATA_DIR"] = os.environ["VA_TEST_ROCKETMQ_DATA_DIR"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "voiceagent", "broker", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    status = cli("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "gRPC 127.0.0.1:8081: listening" in status.stdout
+    again = cli("start")
+    assert again.returncode == 0 and "already running" in again.stdout
+
+    env["VOICEAGENT_EVENTS__ROCKETMQ__LOCAL__DATA_DIR"] = str(tmp_path / "never-started")
+    assert cli("status").returncode == 3

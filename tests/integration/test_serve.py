@@ -184,3 +184,19 @@ def test_a_node_with_migrations_off_refuses_an_old_schema(tmp_path: Path) -> Non
     )
     assert result.returncode == 1
     assert "database schema is at nothing, this version needs 0001" in result.stderr
+
+
+def test_a_node_on_the_real_broker_reports_it_ready(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import require_service
+
+    endpoint = require_service("RocketMQ", "VA_TEST_ROCKETMQ_ENDPOINT")
+    server = start_server(
+        VOICEAGENT_STORE__URL=f"sqlite+aiosqlite:///{tmp_path}/va.db",
+        VOICEAGENT_EVENTS__BACKEND="rocketmq",
+        VOICEAGENT_EVENTS__ROCKETMQ__ENDPOINTS=endpoint,
+    )
+    base = server.wait_listening()
+    events = httpx.get(f"{base}/readyz").json()["checks"]["events"]
+    assert events["ok"] and events["detail"] == f"proxy {endpoint} accepts connections"
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=30) == 0

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -35,6 +35,7 @@ T = TypeVar("T")
 
 INVALID_RECEIPT_HANDLE = 40012  # apache.rocketmq.v2.Code
 MIN_INVISIBLE_S = 1.0  # the local broker's proxy allows 1 s; a stock proxy wants 10 s
+BATCH_SIZE = 64  # messages per gRPC call in send_many; events are ~0.5-2 KB
 
 
 def _client() -> Any:
@@ -78,6 +79,7 @@ class RocketMQBus(MessageBus):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rocketmq")
         self._producer: Any = None
         self._consumers: list[RocketMQConsumer] = []
+        self._queues: dict[str, Any] = {}  # topic -> the client's round-robin queue selector
 
     def configuration(self) -> Any:
         rocketmq = _client()
@@ -142,8 +144,77 @@ class RocketMQBus(MessageBus):
             raise map_error(exc, f"sending to {message.topic}") from exc
         return str(receipt.message_id)
 
-    async def send_many(self, messages: list[OutgoingMessage]) -> list[str]:  # type: ignore[override]
-        return list(await asyncio.gather(*(self.send(m) for m in messages)))
+    async def send_many(self, messages: Sequence[OutgoingMessage]) -> list[str]:
+        """Batch what RocketMQ can batch: one gRPC call per up to BATCH_SIZE messages with the
+        same topic, tag and properties (the per-call cost, not the bytes, limits a Python
+        producer: ~2.7k msg/s one by one, ~25k/s batched here). The broker stores a batch under
+        its first message's id and keys, so batched messages carry no keys and share one id:
+        identity belongs in the body (event envelopes carry id and idempotency key). Delayed
+        messages cannot be batched and go one by one. Returns ids in input order."""
+        ids: list[str] = [""] * len(messages)
+        groups: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[int]] = {}
+        singles: list[int] = []
+        for index, message in enumerate(messages):
+            if message.deliver_at is None and message.body:
+                key = (message.topic, message.tag, tuple(sorted(message.properties.items())))
+                groups.setdefault(key, []).append(index)
+            else:
+                singles.append(index)
+        jobs: list[tuple[list[int], Awaitable[list[str]]]] = []
+        for indices in groups.values():
+            for start in range(0, len(indices), BATCH_SIZE):
+                chunk = indices[start : start + BATCH_SIZE]
+                jobs.append((chunk, self._send_batch([messages[i] for i in chunk])))
+        jobs += [([i], self._send_one(messages[i])) for i in singles]
+        results = await asyncio.gather(*(job for _, job in jobs))
+        for (indices, _), batch_ids in zip(jobs, results, strict=True):
+            for index, message_id in zip(indices, batch_ids, strict=True):
+                ids[index] = message_id
+        return ids
+
+    async def _send_one(self, message: OutgoingMessage) -> list[str]:
+        return [await self.send(message)]
+
+    async def _send_batch(self, messages: list[OutgoingMessage]) -> list[str]:
+        from rocketmq.grpc_protocol import SendMessageRequest
+        from rocketmq.v5.util.messaging_result_checker import MessagingResultChecker
+
+        producer = self._producer
+        if producer is None:
+            raise BusError("RocketMQ bus not started")
+        if len(messages) == 1:
+            return [await self.send(messages[0])]
+        topic = messages[0].topic
+        try:
+            queue = await self._queue_for(topic)
+            request = SendMessageRequest()
+            for message in messages:
+                client_message = self._to_client_message(message.model_copy(update={"keys": ()}))
+                # The client's own per-message preparation (id, type, size checks), pinned 5.1.2.
+                producer._Producer__wrap_sending_message(client_message, False)
+                request.messages.append(producer._Producer__send_req(client_message).messages[0])
+            future = producer.rpc_client.send_message_async(
+                queue.endpoints, request, producer.sign(), timeout=self.configuration().request_timeout
+            )
+            response = await asyncio.wrap_future(future)
+            MessagingResultChecker.check(response.status)
+        except Exception as exc:
+            self._queues.pop(topic, None)  # the route may have changed (broker restart)
+            raise map_error(exc, f"sending a batch of {len(messages)} to {topic}") from exc
+        # One entry for the whole batch; consumers see its first message's id on every message.
+        batch_id = str(request.messages[0].system_properties.message_id)
+        return [batch_id] * len(messages)
+
+    async def _queue_for(self, topic: str) -> Any:
+        selector = self._queues.get(topic)
+        if selector is None:
+            from rocketmq.v5.client.balancer import QueueSelector
+
+            route = await self.blocking(
+                lambda: self._producer._retrieve_topic_route_data(topic), f"looking up route of {topic}"
+            )
+            selector = self._queues[topic] = QueueSelector.producer_queue_selector(route)
+        return selector.select_next_queue()
 
     async def consumer(self, group: str, subscriptions: Mapping[str, str]) -> MessageConsumer:
         consumer = RocketMQConsumer(self, group, dict(subscriptions))
