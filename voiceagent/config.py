@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from voiceagent.engines.settings import EngineSettings
+
 ENV_PREFIX = "VOICEAGENT_"
 CONFIG_ENV_VAR = "VOICEAGENT_CONFIG"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -121,12 +123,29 @@ class EventSettings(_Section):
         return topics
 
 
+class LocalLLMSettings(_Section):
+    """The OpenAI-compatible server VoiceAgent starts itself when llm.base_url is null."""
+
+    # "packaged:smollm2-135m" is SmolLM2-135M-Instruct from PyPI; or a path to a .gguf file.
+    model_path: str = "packaged:smollm2-135m"
+    context_tokens: int = Field(4096, ge=256)
+    threads: int = Field(2, ge=1)
+    parallel: int = Field(4, ge=1, description="requests decoded at once (llama.cpp slots)")
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port on 127.0.0.1")
+    start_timeout_s: float = Field(60.0, gt=0)
+
+
 class LLMSettings(_Section):
     # None means the embedded local OpenAI-compatible server; any other URL is external.
     base_url: str | None = None
     api_key: SecretStr = SecretStr("not-needed")
     model: str = "local"
     request_timeout_s: float = Field(30.0, gt=0)
+    # Time to the first token; slower endpoints are cut off so the call can say a fallback line.
+    first_token_timeout_s: float = Field(10.0, gt=0)
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.7, ge=0, le=2)
+    local: LocalLLMSettings = LocalLLMSettings()
 
 
 class Settings(_Section):
@@ -135,6 +154,7 @@ class Settings(_Section):
     store: StoreSettings = StoreSettings()
     events: EventSettings = EventSettings()
     llm: LLMSettings = LLMSettings()
+    engines: EngineSettings = EngineSettings()
 
 
 Layer = tuple[str, Mapping[str, Any]]

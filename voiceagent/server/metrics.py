@@ -52,6 +52,26 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.engine_queue_depth = Gauge(
+            "voiceagent_engine_queue_depth",
+            "Requests waiting for a model worker",
+            ["engine"],
+            registry=self.registry,
+        )
+        self.engine_rejected = Counter(
+            "voiceagent_engine_rejected_total",
+            "Requests refused because the engine queue was full",
+            ["engine"],
+            registry=self.registry,
+        )
+        self.engine_seconds = Histogram(
+            "voiceagent_engine_seconds",
+            "Time a model worker spent on one request",
+            ["engine"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8),
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

