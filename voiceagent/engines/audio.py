@@ -25,7 +25,8 @@ def float_to_pcm16(samples: np.ndarray) -> bytes:
     """float → int16 bytes, clipping; NaN/inf become an error rather than noise."""
     if not np.all(np.isfinite(samples)):
         raise BadAudio("audio contains NaN or infinite samples")
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    pcm: bytes = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    return pcm
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
