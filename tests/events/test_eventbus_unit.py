@@ -167,3 +167,12 @@ async def test_stale_receipts_are_refused() -> None:
         await consumer.ack(old)
     await consumer.ack(new)
     assert await consumer.receive(wait_s=0) == []
+
+
+async def test_inprocess_bus_refuses_a_batch_that_would_overflow_a_group_whole() -> None:
+    bus = InProcessBus({"t": "NORMAL"}, max_pending_per_group=3)
+    consumer = await bus.consumer("g", {"t": "*"})
+    await bus.send_many([OutgoingMessage(topic="t", body=b"1"), OutgoingMessage(topic="t", body=b"2")])
+    with pytest.raises(BusError, match="in-process bus full"):
+        await bus.send_many([OutgoingMessage(topic="t", body=b"3"), OutgoingMessage(topic="t", body=b"4")])
+    assert [m.body for m in await consumer.receive(wait_s=0)] == [b"1", b"2"]

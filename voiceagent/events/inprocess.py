@@ -71,22 +71,24 @@ class InProcessBus(MessageBus):
             raise BusError("in-process bus is closed")
         for message in messages:
             self._validate(message)
-        ids = []
+        # Work out every delivery first, so a full group refuses the whole call, not half of it.
         now = time.monotonic()
-        for message in messages:
-            message_id = uuid.uuid4().hex
-            ids.append(message_id)
+        ids = [uuid.uuid4().hex for _ in messages]
+        deliveries: list[tuple[_Group, _Pending]] = []
+        for message_id, message in zip(ids, messages, strict=True):
             visible_at = now
             if message.deliver_at is not None:
                 visible_at = now + max(0.0, message.deliver_at.timestamp() - time.time())
             for group in self._groups.values():
                 expression = group.subscriptions.get(message.topic)
                 if expression is not None and tag_matches(expression, message.tag):
-                    if len(group.pending) >= self._max_pending:
-                        raise BusError(
-                            f"in-process bus full: {self._max_pending} unacked messages in a group"
-                        )
-                    group.pending[message_id] = _Pending(message, message_id, visible_at)
+                    deliveries.append((group, _Pending(message, message_id, visible_at)))
+        for group in {id(g): g for g, _ in deliveries}.values():
+            incoming = sum(1 for g, _ in deliveries if g is group)
+            if len(group.pending) + incoming > self._max_pending:
+                raise BusError(f"in-process bus full: a group has {len(group.pending)} unacked messages")
+        for group, pending in deliveries:
+            group.pending[pending.message_id] = pending
         async with self._changed:
             self._changed.notify_all()
         return ids
