@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from bench import events, foundation
+from bench import asr_vad, events, foundation, tts
 from bench.results import RESULTS_MD, save
 
-SUITES = {"foundation": foundation.run, "events": events.run}
+SUITES = {
+    "foundation": foundation.run,
+    "events": events.run,
+    "asr_vad": asr_vad.run,
+    "tts": tts.run,
+}
 
 
 def main(argv: list[str]) -> int:

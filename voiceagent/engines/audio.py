@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from voiceagent.engines.base import BadAudio
+from voiceagent.engines.base import PCM_RATE, BadAudio
 
 MAX_UTTERANCE_S = 120.0
 
@@ -19,6 +19,24 @@ def pcm16_to_float(pcm: bytes, sample_rate: int, *, max_seconds: float = MAX_UTT
     if seconds > max_seconds:
         raise BadAudio(f"{seconds:.1f} s of audio exceeds the {max_seconds:g} s limit")
     return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def audio_samples(pcm: bytes | np.ndarray, *, max_seconds: float = MAX_UTTERANCE_S) -> np.ndarray:
+    """16 kHz mono as float32: int16 PCM bytes, or float samples in [-1, 1]. Floats are accepted
+    because they are the only input that can carry NaN/inf, which must be refused, not heard."""
+    if isinstance(pcm, bytes | bytearray | memoryview):
+        return pcm16_to_float(bytes(pcm), PCM_RATE, max_seconds=max_seconds)
+    samples = np.asarray(pcm)
+    if samples.ndim != 1 or samples.dtype.kind != "f":
+        raise BadAudio(f"expected 1-D float samples, got {samples.dtype} shaped {samples.shape}")
+    if samples.size == 0:
+        raise BadAudio("empty audio")
+    if samples.size / PCM_RATE > max_seconds:
+        raise BadAudio(f"{samples.size / PCM_RATE:.1f} s of audio exceeds the {max_seconds:g} s limit")
+    if not np.all(np.isfinite(samples)):
+        raise BadAudio("audio contains NaN or infinite samples")
+    clipped: np.ndarray = np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
+    return clipped
 
 
 def float_to_pcm16(samples: np.ndarray) -> bytes:

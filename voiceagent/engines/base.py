@@ -68,6 +68,9 @@ class VADStream(ABC):
     @abstractmethod
     def reset(self) -> None: ...
 
+    def close(self) -> None:  # noqa: B027 - optional hook, most streams hold nothing
+        """Give back per-stream resources (e.g. a model instance) when the call ends."""
+
 
 class VADEngine(ABC):
     @abstractmethod
