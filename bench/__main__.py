@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import asr_vad, events, foundation, tts
+from bench import asr_vad, events, foundation, llm, tts
 from bench.results import RESULTS_MD, save
 
 SUITES = {
@@ -12,6 +12,7 @@ SUITES = {
     "events": events.run,
     "asr_vad": asr_vad.run,
     "tts": tts.run,
+    "llm": llm.run,
 }
 
 

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from voiceagent.config import Settings, StoreSettings
+from voiceagent.engines.settings import EngineSettings
 
 POSTGRES_URL_ENV = "VA_TEST_POSTGRES_URL"
 
@@ -77,4 +78,7 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def settings(sqlite_url: str) -> Settings:
-    return Settings(node_id="test-node", store=StoreSettings(url=sqlite_url))
+    # No models here: tests that want real engines load them themselves.
+    return Settings(
+        node_id="test-node", store=StoreSettings(url=sqlite_url), engines=EngineSettings(preload=False)
+    )

@@ -241,6 +241,7 @@ async def _serve(settings: Settings, listener: socket.socket, stop_requested: as
         lifespan="on",
     )
     server = uvicorn.Server(config)
+    listener.listen(2048)  # connections queue from here on, so the log line below is true
     host, port = listener.getsockname()[:2]
     log.info(
         "VoiceAgent %s listening on http://%s:%d (node %s)",

@@ -129,7 +129,8 @@ class LocalLLMSettings(_Section):
     # "packaged:smollm2-135m" is SmolLM2-135M-Instruct from PyPI; or a path to a .gguf file.
     model_path: str = "packaged:smollm2-135m"
     context_tokens: int = Field(4096, ge=256)
-    threads: int = Field(2, ge=1)
+    # 1 on 2 cores: with Whisper busy on the other core, 2 threads collapsed to seconds per token.
+    threads: int = Field(1, ge=1)
     parallel: int = Field(4, ge=1, description="requests decoded at once (llama.cpp slots)")
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port on 127.0.0.1")
     start_timeout_s: float = Field(60.0, gt=0)

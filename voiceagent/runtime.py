@@ -14,6 +14,7 @@ import httpx
 from sqlalchemy import text
 
 from voiceagent.config import Settings
+from voiceagent.engines.registry import Engines
 from voiceagent.events import EventBus
 from voiceagent.events.factory import create_transport
 from voiceagent.server.metrics import Metrics
@@ -34,12 +35,16 @@ class Runtime:
         self.database = Database(settings.store)
         self.store = Store(self.database)
         self.events = EventBus(create_transport(settings.events), settings.events)
+        self.engines = Engines(settings, self.metrics)
+        self._engines_loading: asyncio.Task[None] | None = None
         self.readiness = Readiness(self.metrics)
         self._http = httpx.AsyncClient(timeout=settings.llm.request_timeout_s)
         self.readiness.add("store", self._probe_store)
         self.readiness.add("events", self._probe_events)
         if settings.llm.base_url:
             self.readiness.add("llm", self._probe_llm)
+        if settings.engines.preload:
+            self.readiness.add("engines", self._probe_engines)
         self.started = False
 
     async def start(self) -> None:
@@ -62,10 +67,18 @@ class Runtime:
         except BaseException:
             await self.stop()
             raise
+        if self.settings.engines.preload:
+            # Models load while the port already answers /healthz; /readyz waits for them.
+            self._engines_loading = asyncio.create_task(self.engines.load(), name="load-engines")
         self.started = True
         log.info("node %s started (store: %s)", self.settings.node_id, self.database.dialect)
 
     async def stop(self) -> None:
+        if self._engines_loading is not None:
+            # Loads run in worker threads and cannot be interrupted; let them land, then close.
+            await asyncio.wait([self._engines_loading], timeout=30)
+            self._engines_loading = None
+        await self.engines.close()
         await self.events.transport.close()
         await self._http.aclose()
         await self.database.close()
@@ -86,6 +99,9 @@ class Runtime:
         response.raise_for_status()
         models = [m.get("id") for m in response.json().get("data", [])]
         return f"{len(models)} model(s) at {base_url}"
+
+    async def _probe_engines(self) -> str:
+        return self.engines.describe()
 
     async def _probe_events(self) -> str:
         if self.settings.events.backend == "inprocess":

@@ -42,6 +42,7 @@ class ServerProcess:
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEAGENT_")}
+    env["VOICEAGENT_ENGINES__PRELOAD"] = "false"  # one test below loads the real models
     env.update(extra)
     return env
 
@@ -200,3 +201,31 @@ def test_a_node_on_the_real_broker_reports_it_ready(start_server, tmp_path: Path
     assert events["ok"] and events["detail"] == f"proxy {endpoint} accepts connections"
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=30) == 0
+
+
+@pytest.mark.models
+def test_a_default_node_listens_at_once_and_is_ready_when_its_models_are(
+    start_server, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """What `make run` does: every engine real (Silero, Whisper, Piper, e5, the local LLM server)."""
+    started = time.monotonic()
+    server = start_server(
+        VOICEAGENT_STORE__URL=f"sqlite+aiosqlite:///{tmp_path}/va.db", VOICEAGENT_ENGINES__PRELOAD="true"
+    )
+    base = server.wait_listening()
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    listening_s = time.monotonic() - started
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        engines = httpx.get(f"{base}/readyz", timeout=10).json()["checks"]["engines"]
+        if engines["ok"]:
+            break
+        assert engines["detail"] == "loading", engines  # not a failure
+        time.sleep(0.5)
+    assert engines["ok"], engines
+    for name in ("vad", "asr", "tts", "embeddings", "llm"):
+        assert f"{name} ready" in engines["detail"]
+    assert listening_s < 10, f"took {listening_s:.1f} s to listen"
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=30) == 0
+    assert "shutdown complete" in server.log

@@ -148,6 +148,9 @@ class LLMEngine(ABC):
         """Deltas as the model produces them. Stopping iteration (or cancelling the task)
         cancels the request upstream."""
 
+    async def aclose(self) -> None:  # noqa: B027 - optional hook for engines holding clients
+        """Release connections; the engine is not used afterwards."""
+
 
 # -- TTS ----------------------------------------------------------------------------------------
 

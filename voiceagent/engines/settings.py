@@ -82,6 +82,9 @@ class EmbeddingSettings(_Section):
 
 
 class EngineSettings(_Section):
+    # Load every model (and start the local LLM server) when the server starts, in the
+    # background; /readyz reports "loading" until done. Off for nodes that serve no calls.
+    preload: bool = True
     vad: VADSettings = VADSettings()
     asr: ASRSettings = ASRSettings()
     tts: TTSSettings = TTSSettings()
