@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from voiceagent.engines.settings import EngineSettings
+from voiceagent.pipeline.settings import ConversationSettings
 
 ENV_PREFIX = "VOICEAGENT_"
 CONFIG_ENV_VAR = "VOICEAGENT_CONFIG"
@@ -156,6 +157,7 @@ class Settings(_Section):
     events: EventSettings = EventSettings()
     llm: LLMSettings = LLMSettings()
     engines: EngineSettings = EngineSettings()
+    conversation: ConversationSettings = ConversationSettings()
 
 
 Layer = tuple[str, Mapping[str, Any]]

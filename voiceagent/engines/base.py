@@ -8,7 +8,7 @@ buffers) lives in a stream object the engine hands out.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -144,7 +144,7 @@ class LLMEngine(ABC):
         tools: Sequence[ToolSpec] = (),
         max_tokens: int | None = None,
         temperature: float | None = None,
-    ) -> AsyncIterator[LLMDelta]:
+    ) -> AsyncGenerator[LLMDelta, None]:
         """Deltas as the model produces them. Stopping iteration (or cancelling the task)
         cancels the request upstream."""
 
@@ -169,7 +169,7 @@ class TTSEngine(ABC):
     sample_rate: int
 
     @abstractmethod
-    def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+    def synthesize(self, text: str) -> AsyncGenerator[AudioChunk, None]:
         """Audio as it is produced; stopping iteration cancels the rest."""
 
 

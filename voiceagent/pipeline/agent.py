@@ -1,0 +1,99 @@
+"""The agent: persona, conversation memory and tools around a streaming LLM.
+
+Memory holds what was actually said: an interrupted reply is remembered as the part the user
+heard. Tool calls run shielded from barge-in, so a booking that started is never lost halfway;
+its result lands in memory even if the reply that asked for it was cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from voiceagent.engines.base import ChatMessage, LLMEngine, ToolCall, ToolSpec
+from voiceagent.pipeline.settings import ConversationSettings
+
+log = logging.getLogger(__name__)
+
+ToolFunction = Callable[[dict[str, Any]], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class AgentTool:
+    spec: ToolSpec
+    run: ToolFunction
+
+
+class Agent:
+    def __init__(
+        self, llm: LLMEngine, settings: ConversationSettings, tools: Sequence[AgentTool] = ()
+    ) -> None:
+        self.llm = llm
+        self.settings = settings
+        self.tools = {tool.spec.name: tool for tool in tools}
+        self.history: list[ChatMessage] = []
+        self.tool_tasks: set[asyncio.Task[None]] = set()
+
+    def system_message(self) -> ChatMessage:
+        prompt = self.settings.system_prompt.format(persona=self.settings.persona)
+        return ChatMessage(role="system", content=prompt)
+
+    def context(self) -> list[ChatMessage]:
+        """System prompt plus the most recent exchanges (never starting on a dangling tool reply)."""
+        recent = self.history
+        user_turns = [i for i, m in enumerate(recent) if m.role == "user"]
+        if len(user_turns) > self.settings.history_turns:
+            recent = recent[user_turns[-self.settings.history_turns] :]
+        return [self.system_message(), *recent]
+
+    async def reply(self, user_text: str) -> AsyncIterator[str]:
+        """Stream the reply's text; tool rounds happen inside. The caller commits what was heard."""
+        self.history.append(ChatMessage(role="user", content=user_text))
+        specs = [tool.spec for tool in self.tools.values()]
+        for _ in range(self.settings.max_tool_rounds + 1):
+            calls: tuple[ToolCall, ...] = ()
+            async with contextlib.aclosing(self.llm.stream(self.context(), tools=specs)) as deltas:
+                async for delta in deltas:
+                    if delta.text:
+                        yield delta.text
+                    if delta.tool_calls:
+                        calls = delta.tool_calls
+            if not calls:
+                return
+            self.history.append(ChatMessage(role="assistant", tool_calls=calls))
+            await self._run_tools(calls)
+
+    async def _run_tools(self, calls: Sequence[ToolCall]) -> None:
+        task = asyncio.create_task(self._execute(calls))
+        self.tool_tasks.add(task)
+        task.add_done_callback(self.tool_tasks.discard)
+        # Shielded: cancelling the reply (barge-in) stops waiting, not the tool itself.
+        await asyncio.shield(task)
+
+    async def _execute(self, calls: Sequence[ToolCall]) -> None:
+        for call in calls:
+            tool = self.tools.get(call.name)
+            if tool is None:
+                result = f"error: no tool named {call.name!r}"
+            else:
+                try:
+                    arguments = json.loads(call.arguments or "{}")
+                    result = await tool.run(arguments if isinstance(arguments, dict) else {})
+                except Exception as exc:  # a tool's failure is the model's to explain, not a crash
+                    log.warning("tool %s failed: %s", call.name, exc)
+                    result = f"error: {type(exc).__name__}: {exc}"
+            self.history.append(ChatMessage(role="tool", tool_call_id=call.id, content=result))
+
+    def commit_reply(self, heard: str) -> None:
+        """Remember the reply as heard (possibly cut short, possibly empty)."""
+        if heard.strip():
+            self.history.append(ChatMessage(role="assistant", content=heard.strip()))
+
+    async def wait_for_tools(self) -> None:
+        if self.tool_tasks:
+            await asyncio.gather(*self.tool_tasks, return_exceptions=True)

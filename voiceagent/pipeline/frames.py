@@ -1,0 +1,58 @@
+"""Typed messages a conversation emits: what the live view, the store and metrics consume."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from voiceagent.store.records import TurnMetrics
+
+
+class AgentState(StrEnum):
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    at_s: float  # conversation clock (event-loop time since the call began)
+
+
+class StateChanged(_Event):
+    kind: Literal["state"] = "state"
+    state: AgentState
+
+
+class UserTranscript(_Event):
+    kind: Literal["transcript"] = "transcript"
+    text: str
+    final: bool
+
+
+class AgentSpeech(_Event):
+    """A sentence the agent starts saying (sent when its audio is queued for playout)."""
+
+    kind: Literal["agent_text"] = "agent_text"
+    text: str
+
+
+class Interrupted(_Event):
+    kind: Literal["interrupted"] = "interrupted"
+    heard: str  # what of the reply the user actually heard
+
+
+class TurnCompleted(_Event):
+    kind: Literal["turn"] = "turn"
+    index: int
+    user_text: str
+    agent_text: str
+    agent_text_heard: str
+    interrupted: bool
+    metrics: TurnMetrics
+
+
+ConversationEvent = StateChanged | UserTranscript | AgentSpeech | Interrupted | TurnCompleted

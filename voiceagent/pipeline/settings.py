@@ -1,0 +1,30 @@
+"""How a conversation behaves (the `conversation:` section): persona, turn-taking, barge-in."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ConversationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    persona: str = "Ava"
+    system_prompt: str = (
+        "You are {persona}, a friendly voice assistant. You are talking, not writing: answer in one "
+        "to three short sentences, no lists, no markdown, no emoji. If you do not know, say so."
+    )
+    history_turns: int = Field(12, ge=1, description="user/assistant exchanges kept for the model")
+    # End of turn: silence after speech, adjusted by what the user said so far.
+    end_of_turn_silence_s: float = Field(0.5, ge=0.1, description="after a neutral ending")
+    end_of_turn_complete_s: float = Field(0.3, ge=0.05, description="after . ? ! (a finished thought)")
+    end_of_turn_hesitant_s: float = Field(1.0, ge=0.1, description="after 'and', 'um', a comma")
+    voiced_probability: float = Field(0.5, gt=0, lt=1, description="VAD probability that counts as voice")
+    speculate_after_s: float = Field(0.15, ge=0, description="silence before a speculative transcript")
+    pre_roll_s: float = Field(0.3, ge=0, description="audio kept from before speech_start")
+    partial_every_s: float = Field(0.8, gt=0, description="partial transcripts while the user speaks")
+    # Barge-in: speech this long while the agent talks interrupts it; shorter is a cough.
+    interrupt_min_speech_s: float = Field(0.3, ge=0)
+    # Ignore user speech this long after the agent starts talking (its own echo on open speakers).
+    interrupt_warmup_s: float = Field(0.25, ge=0)
+    max_tool_rounds: int = Field(3, ge=0)
+    fallback_line: str = "Sorry, I lost my train of thought. Could you say that again?"
