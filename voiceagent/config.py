@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from voiceagent.engines.settings import EngineSettings
 from voiceagent.pipeline.settings import ConversationSettings
+from voiceagent.transport.settings import TransportSettings
 
 ENV_PREFIX = "VOICEAGENT_"
 CONFIG_ENV_VAR = "VOICEAGENT_CONFIG"
@@ -158,6 +159,7 @@ class Settings(_Section):
     llm: LLMSettings = LLMSettings()
     engines: EngineSettings = EngineSettings()
     conversation: ConversationSettings = ConversationSettings()
+    transport: TransportSettings = TransportSettings()
 
 
 Layer = tuple[str, Mapping[str, Any]]

@@ -37,6 +37,10 @@ class Runtime:
         self.events = EventBus(create_transport(settings.events), settings.events)
         self.engines = Engines(settings, self.metrics)
         self._engines_loading: asyncio.Task[None] | None = None
+        from voiceagent.calls.session import CallManager
+        from voiceagent.transport.webrtc import WebRTCGateway
+
+        self.calls = CallManager(self, WebRTCGateway(settings.transport))
         self.readiness = Readiness(self.metrics)
         self._http = httpx.AsyncClient(timeout=settings.llm.request_timeout_s)
         self.readiness.add("store", self._probe_store)
@@ -74,6 +78,7 @@ class Runtime:
         log.info("node %s started (store: %s)", self.settings.node_id, self.database.dialect)
 
     async def stop(self) -> None:
+        await self.calls.close_all()  # hang up first: calls use everything below
         if self._engines_loading is not None:
             # Loads run in worker threads and cannot be interrupted; let them land, then close.
             await asyncio.wait([self._engines_loading], timeout=30)

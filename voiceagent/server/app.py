@@ -9,9 +9,11 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from voiceagent import __version__
 from voiceagent.runtime import Runtime
+from voiceagent.server.calls_api import WEB_DIR, calls_router
 from voiceagent.server.metrics import CONTENT_TYPE
 from voiceagent.server.readiness import ReadinessReport
 
@@ -38,6 +40,9 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
     )
     app.state.runtime = runtime
     app.middleware("http")(runtime.metrics.http_middleware)
+    app.include_router(calls_router(runtime.calls, runtime.settings.transport.max_offer_bytes))
+    if WEB_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process serves HTTP")
     async def healthz() -> dict[str, Any]:

@@ -72,6 +72,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.calls_active = Gauge(
+            "voiceagent_calls_active", "Live calls on this node", registry=self.registry
+        )
+        self.turn_seconds = Histogram(
+            "voiceagent_turn_seconds",
+            "Per-turn latency by stage (voice_to_voice is end to end)",
+            ["stage"],
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5),
+            registry=self.registry,
+        )
+        self.barge_ins = Counter(
+            "voiceagent_barge_ins_total", "Agent replies interrupted by the caller", registry=self.registry
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -1,0 +1,105 @@
+"""A real server (every model loaded) and Debian's Chromium with a wav file as its microphone."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import wave
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.engines.conftest import synthesize_speech
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def write_mic_wav(
+    path: Path, parts: list[tuple[str, float]], lead_s: float = 1.0, tail_s: float = 8.0
+) -> Path:
+    """Speech for the fake microphone: each (text, pause after) in turn, 48 kHz mono 16-bit."""
+    pieces = [np.zeros(int(lead_s * 16_000), dtype="<i2")]
+    for text, pause_s in parts:
+        pieces.append(np.frombuffer(synthesize_speech(text, pad_s=0.0), dtype="<i2"))
+        pieces.append(np.zeros(int(pause_s * 16_000), dtype="<i2"))
+    pieces.append(np.zeros(int(tail_s * 16_000), dtype="<i2"))
+    audio16 = np.concatenate(pieces).astype(np.float32)
+    audio48 = np.interp(np.arange(len(audio16) * 3) / 3, np.arange(len(audio16)), audio16).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48_000)
+        out.writeframes(audio48.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`voiceagent serve` as a user runs it, waiting until /readyz says the models are loaded."""
+    if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
+        pytest.fail("Debian chromium is not installed: run tests/services/system-deps.sh")
+    workdir = tmp_path_factory.mktemp("server")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEAGENT_")}
+    env["VOICEAGENT_STORE__URL"] = f"sqlite+aiosqlite:///{workdir}/va.db"
+    env["VOICEAGENT_LLM__TEMPERATURE"] = "0"  # the same answer every run...
+    env["VOICEAGENT_LLM__MAX_TOKENS"] = "60"  # ...and short enough to transcribe back whole
+    log_path = workdir / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "voiceagent", "serve", "--port", "0"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        base = ""
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited:\n{log_path.read_text()}")
+            found = re.search(r"listening on (http://[\d.]+:\d+)", log_path.read_text())
+            if found:
+                base = found.group(1)
+                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"server not ready:\n{log_path.read_text()}")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        print(log_path.read_text()[-4000:])
+
+
+@pytest.fixture
+async def launch_browser() -> AsyncIterator[object]:
+    from playwright.async_api import async_playwright
+
+    browsers = []
+    async with async_playwright() as playwright:
+
+        async def launch(mic_wav: Path) -> object:
+            browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                headless=True,
+                args=[
+                    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                    f"--use-file-for-fake-audio-capture={mic_wav}%noloop",
+                    "--autoplay-policy=no-user-gesture-required", "--allow-loopback-in-peer-connection",
+                    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+                ],
+            )  # fmt: skip
+            browsers.append(browser)
+            return browser
+
+        yield launch
+        for browser in browsers:
+            await browser.close()

@@ -1,0 +1,1 @@
+"""Calls: a live call ties a transport, a conversation, the page and the store together."""

@@ -1,0 +1,1 @@
+"""Transport: WebRTC (aiortc) between the browser and the conversation pipeline."""
