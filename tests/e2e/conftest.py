@@ -10,6 +10,7 @@ import sys
 import time
 import wave
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,12 @@ import pytest
 from tests.engines.conftest import synthesize_speech
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+@dataclass(frozen=True)
+class Server:
+    base: str
+    store_url: str
 
 
 def write_mic_wav(
@@ -41,7 +48,7 @@ def write_mic_wav(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`voiceagent serve` as a user runs it, waiting until /readyz says the models are loaded."""
     if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
         pytest.fail("Debian chromium is not installed: run tests/services/system-deps.sh")
@@ -70,7 +77,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.3)
         else:
             pytest.fail(f"server not ready:\n{log_path.read_text()}")
-        yield base
+        yield Server(base, env["VOICEAGENT_STORE__URL"])
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import write_mic_wav
+from tests.e2e.conftest import Server, write_mic_wav
 from tests.engines.conftest import word_error_rate
+from voiceagent.config import StoreSettings
 from voiceagent.engines.asr.whisper import WhisperASR
 from voiceagent.engines.audio import float_to_pcm16, resample
 from voiceagent.engines.settings import ASRSettings
+from voiceagent.store import Database, Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.models, pytest.mark.browser]
 
@@ -53,10 +55,10 @@ COLLECT = """() => {
 }"""
 
 
-async def start_call(launch_browser: Any, server: str, wav: Path, user: str) -> Any:
+async def start_call(launch_browser: Any, server: Server, wav: Path, user: str) -> Any:
     browser = await launch_browser(wav)
     page = await browser.new_page()
-    await page.goto(f"{server}/call?ec=0&autostart=1&user={user}")
+    await page.goto(f"{server.base}/call?ec=0&autostart=1&user={user}")
     await page.wait_for_function(
         "() => window.__va && window.__va.pc && window.__va.pc.connectionState === 'connected'",
         timeout=20_000,
@@ -108,8 +110,25 @@ async def test_a_spoken_question_gets_a_spoken_answer(
     heard = await transcribe(await page.evaluate(COLLECT), tmp_path)
     assert word_error_rate(turn["agent_text"], heard) <= 0.35, (turn["agent_text"], heard)
 
+    # Hanging up ends the call; the store has it, with the turn as the user heard it.
+    call_id = await page.evaluate("() => window.__va.callId")
+    await page.evaluate("() => window.__hangup()")
+    database = Database(StoreSettings(url=server.store_url))
+    try:
+        for _ in range(50):
+            stored = await Store(database).get_call(call_id)
+            if stored.ended_at is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert stored.user_id == "e2e-alice" and stored.end_reason is not None
+        [stored_turn] = stored.turns
+        assert stored_turn.user_text == finals[0] and stored_turn.agent_text_heard == turn["agent_text_heard"]
+        assert stored_turn.metrics.voice_to_voice_s == pytest.approx(turn["metrics"]["voice_to_voice_s"])
+    finally:
+        await database.close()
 
-async def test_talking_over_the_agent_stops_it(server: str, launch_browser: Any, tmp_path: Path) -> None:
+
+async def test_talking_over_the_agent_stops_it(server: Server, launch_browser: Any, tmp_path: Path) -> None:
     wav = write_mic_wav(
         tmp_path / "barge-in.wav",
         [("Tell me a long story about a brave little dragon who lived in the mountains.", 4.0),
