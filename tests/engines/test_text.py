@@ -137,3 +137,25 @@ def test_chunker_cuts_a_run_on_reply_so_speech_can_start() -> None:
     assert all(s.endswith("then") or s.endswith("and") for s in out)  # never mid-word
     rest = chunker.flush()
     assert " ".join(out + rest).split() == ("and then " * 30).split()
+
+
+def test_the_first_long_clause_is_spoken_before_its_sentence_ends() -> None:
+    chunker = SentenceChunker(first_clause_words=4)
+    out: list[str] = []
+    for token in [
+        "Today's",
+        " weather",
+        " is",
+        " mostly",
+        " sunny,",
+        " with",
+        " no",
+        " rain.",
+        " Enjoy",
+        " it.",
+    ]:
+        out += chunker.push(token)
+    out += chunker.flush()
+    assert out == ["Today's weather is mostly sunny,", "with no rain.", "Enjoy it."]
+    # Only the first: later commas wait for the sentence to end.
+    assert SentenceChunker(first_clause_words=4).push("Yes, ok") == []

@@ -13,7 +13,15 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from voiceagent.engines.base import ASREngine, EmbeddingEngine, LLMEngine, TTSEngine, VADEngine
+from voiceagent.engines.base import (
+    ASREngine,
+    ChatMessage,
+    EmbeddingEngine,
+    EngineError,
+    LLMEngine,
+    TTSEngine,
+    VADEngine,
+)
 
 if TYPE_CHECKING:
     from voiceagent.config import Settings
@@ -98,6 +106,23 @@ class Engines:
 
         with self._timing("llm"):
             self.llm, self.llm_server = await open_llm(self.settings.llm)
+            await self._warm_llm(self.llm)
+
+    async def _warm_llm(self, llm: LLMEngine) -> None:
+        """One throw-away request with the conversation's system prompt: the server caches that
+        prefix, so the first real turn does not pay for reading it (~0.4 s on 1 CPU thread)."""
+        from voiceagent.pipeline.agent import Agent
+
+        messages = [
+            Agent(llm, self.settings.conversation).system_message(),
+            ChatMessage(role="user", content="Hi"),
+        ]
+        try:
+            async with contextlib.aclosing(llm.stream(messages, max_tokens=1)) as deltas:
+                async for _ in deltas:
+                    pass
+        except EngineError as exc:  # a cold first turn is slower, not broken
+            log.warning("LLM warm-up failed: %s", exc)
 
     async def wait_ready(self, timeout_s: float) -> None:
         async with asyncio.timeout(timeout_s):

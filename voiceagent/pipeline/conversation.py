@@ -266,7 +266,7 @@ class Conversation:
         self._finish_reply(turn, heard=" ".join(turn.spoken), interrupted=False)
 
     async def _think(self, turn: _Turn, sentences: asyncio.Queue[str | None]) -> None:
-        chunker = SentenceChunker()
+        chunker = SentenceChunker(first_clause_words=self.settings.first_clause_words)
         try:
             async for delta in self.agent.reply(turn.text):
                 if turn.first_token_s is None:

@@ -26,5 +26,8 @@ class ConversationSettings(BaseModel):
     interrupt_min_speech_s: float = Field(0.3, ge=0)
     # Ignore user speech this long after the agent starts talking (its own echo on open speakers).
     interrupt_warmup_s: float = Field(0.25, ge=0)
+    # Speak a long first sentence's opening clause (this many words, up to a comma) on its own:
+    # the caller waits for the first audio, not for the first full stop.
+    first_clause_words: int | None = Field(4, ge=1)
     max_tool_rounds: int = Field(3, ge=0)
     fallback_line: str = "Sorry, I lost my train of thought. Could you say that again?"

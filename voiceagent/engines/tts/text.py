@@ -197,13 +197,29 @@ class SentenceChunker:
     are dropped here so the TTS is never handed them.
     """
 
-    def __init__(self, limit: int = MAX_SENTENCE_CHARS) -> None:
+    def __init__(self, limit: int = MAX_SENTENCE_CHARS, first_clause_words: int | None = None) -> None:
+        """``first_clause_words``: before anything has been emitted, a clause of at least this many
+        words ending in a comma is emitted on its own, so speech starts before a long first
+        sentence is complete (the first sentence is the one the caller waits for)."""
         self.limit = limit
+        self.first_clause_words = first_clause_words
+        self._emitted = False
         self._buffer = ""
 
     def push(self, delta: str) -> list[str]:
         self._buffer += delta
-        return self._drain(final=False)
+        out = self._drain(final=False)
+        if not out and not self._emitted and self.first_clause_words:
+            out = self._first_clause()
+        self._emitted = self._emitted or bool(out)
+        return out
+
+    def _first_clause(self) -> list[str]:
+        comma = max(self._buffer.rfind(", "), self._buffer.rfind("，"))
+        if comma < 0 or len(self._buffer[:comma].split()) < (self.first_clause_words or 0):
+            return []
+        piece, self._buffer = self._buffer[: comma + 1].strip(), self._buffer[comma + 1 :]
+        return [piece] if is_speakable(clean_text(piece)) else []
 
     def flush(self) -> list[str]:
         """The rest of the reply once the LLM has finished; the chunker is empty afterwards."""
