@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import asr_vad, events, foundation, llm, tts
+from bench import asr_vad, calls, events, foundation, llm, tts
 from bench.results import RESULTS_MD, save
 
 SUITES = {
@@ -13,6 +13,7 @@ SUITES = {
     "asr_vad": asr_vad.run,
     "tts": tts.run,
     "llm": llm.run,
+    "calls": calls.run,
 }
 
 

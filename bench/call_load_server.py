@@ -14,12 +14,13 @@ import argparse
 import asyncio
 import os
 import resource
-import signal
 import socket
 import time
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
+
+from fastapi import Request
 
 from voiceagent.config import load_settings
 from voiceagent.engines.base import ChatMessage, LLMDelta, ToolSpec, Transcript
@@ -45,7 +46,11 @@ def _fake_engines(runtime: Runtime) -> None:
             voiced = pcm and int(np.abs(np.frombuffer(pcm, dtype="<i2")).max()) >= SPEECH_BASE
             text = ("What can you do" if partial else "What can you do for me today?") if voiced else ""
             return Transcript(
-                text=text, language="en", duration_s=len(pcm) / 32000, processing_s=self.delay_s, partial=partial
+                text=text,
+                language="en",
+                duration_s=len(pcm) / 32000,
+                processing_s=self.delay_s,
+                partial=partial,
             )
 
     class EndlessLLM(FakeLLM):
@@ -115,7 +120,6 @@ def _stats(runtime: Runtime, lag: dict[str, float]) -> dict[str, Any]:
 
 async def _serve(engines: str, port_file: Path) -> None:
     import uvicorn
-    from fastapi import Request
 
     from voiceagent.server.app import create_app
 
@@ -151,16 +155,14 @@ async def _serve(engines: str, port_file: Path) -> None:
     sock.bind(("127.0.0.1", 0))
     sock.listen(2048)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))  # uvicorn handles SIGTERM
+    for _ in range(600):  # uvicorn has no "started" event to wait on
+        if server.started or serving.done():
+            break
+        await asyncio.sleep(0.05)
     tmp = port_file.with_suffix(".tmp")
     tmp.write_text(f"http://127.0.0.1:{sock.getsockname()[1]}")
     os.replace(tmp, port_file)
-    await asyncio.wait([serving, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    server.should_exit = True
     await serving
     lag_task.cancel()
     sock.close()
