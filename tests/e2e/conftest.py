@@ -17,9 +17,8 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.e2e.browser import CHROMIUM, chromium_args
 from tests.engines.conftest import synthesize_speech
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 @dataclass(frozen=True)
@@ -95,15 +94,8 @@ async def launch_browser() -> AsyncIterator[object]:
             browser = await playwright.chromium.launch(
                 executable_path=CHROMIUM,
                 headless=True,
-                args=[
-                    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                    f"--use-file-for-fake-audio-capture={mic_wav}%noloop",
-                    "--autoplay-policy=no-user-gesture-required", "--allow-loopback-in-peer-connection",
-                    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-                ],
-            )  # fmt: skip
+                args=chromium_args(mic_wav),
+            )
             browsers.append(browser)
             return browser
 
