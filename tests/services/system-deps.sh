@@ -14,4 +14,5 @@ fi
 echo "system-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# With recommends: Chromium's fonts and codecs come that way, and headless runs want them.
+apt-get install -y -qq "${missing[@]}" >/dev/null
