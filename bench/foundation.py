@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-
 from bench.results import Metric, metric, percentile
+from tests.serve_process import ServeProcess
 from voiceagent.config import StoreSettings
 from voiceagent.store import Database, NewTurn, Store, TurnMetrics
 
@@ -24,34 +21,11 @@ TURN_WRITES = 1000
 TURN_WRITERS = 8
 
 
-def _start_server(workdir: Path) -> tuple[subprocess.Popen[str], str, float]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEAGENT_")}
-    log_path = workdir / "server.log"
+def _start_server(workdir: Path) -> tuple[ServeProcess, float]:
     started = time.perf_counter()
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "voiceagent", "serve", "--port", "0"],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = re.search(r"listening on (http://[\d.]+:\d+)", log_path.read_text())
-        if found:
-            base = found.group(1)
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    return proc, base, time.perf_counter() - started
-            except httpx.TransportError:
-                pass
-        if proc.poll() is not None:
-            raise RuntimeError(log_path.read_text())
-        time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError("server did not come up")
+    server = ServeProcess(workdir)
+    server.wait_ok("/healthz", timeout=60, interval=0.02)
+    return server, time.perf_counter() - started
 
 
 async def _keepalive_client(host: str, port: int, count: int, latencies: list[float]) -> None:
@@ -129,14 +103,13 @@ def run() -> dict[str, Metric]:
     results: dict[str, Metric] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        proc, base, startup = _start_server(workdir)
+        server, startup = _start_server(workdir)
         try:
-            asyncio.run(_hammer(base, 1))  # warm-up
-            latencies, _ = asyncio.run(_hammer(base, 1))
-            _, elapsed = asyncio.run(_hammer(base, HTTP_CONCURRENCY))
+            asyncio.run(_hammer(server.base_url, 1))  # warm-up
+            latencies, _ = asyncio.run(_hammer(server.base_url, 1))
+            _, elapsed = asyncio.run(_hammer(server.base_url, HTTP_CONCURRENCY))
         finally:
-            proc.terminate()
-            proc.wait(timeout=15)
+            server.stop()
         results["serve_startup_to_healthz_s"] = metric(
             startup,
             "s",

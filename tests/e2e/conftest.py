@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import subprocess
-import sys
-import time
 import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from tests.e2e.browser import CHROMIUM, chromium_args
 from tests.engines.conftest import synthesize_speech
+from tests.serve_process import ServeProcess
 
 
 @dataclass(frozen=True)
@@ -52,35 +48,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
         pytest.fail("Debian chromium is not installed: run tests/services/system-deps.sh")
     workdir = tmp_path_factory.mktemp("server")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEAGENT_")}
-    env["VOICEAGENT_STORE__URL"] = f"sqlite+aiosqlite:///{workdir}/va.db"
-    env["VOICEAGENT_LLM__TEMPERATURE"] = "0"  # the same answer every run...
-    env["VOICEAGENT_LLM__MAX_TOKENS"] = "60"  # ...and short enough to transcribe back whole
-    log_path = workdir / "server.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "voiceagent", "serve", "--port", "0"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
-        )  # fmt: skip
+    store_url = f"sqlite+aiosqlite:///{workdir}/va.db"
+    server = ServeProcess(
+        workdir,
+        VOICEAGENT_STORE__URL=store_url,
+        VOICEAGENT_LLM__TEMPERATURE="0",  # the same answer every run...
+        VOICEAGENT_LLM__MAX_TOKENS="60",  # ...and short enough to transcribe back whole
+    )
     try:
-        deadline = time.monotonic() + 120
-        base = ""
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited:\n{log_path.read_text()}")
-            found = re.search(r"listening on (http://[\d.]+:\d+)", log_path.read_text())
-            if found:
-                base = found.group(1)
-                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            time.sleep(0.3)
-        else:
-            pytest.fail(f"server not ready:\n{log_path.read_text()}")
-        yield Server(base, env["VOICEAGENT_STORE__URL"])
+        server.wait_listening(timeout=60)
+        server.wait_ok("/readyz", timeout=120, interval=0.3)
+        yield Server(server.base_url, store_url)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        print(log_path.read_text()[-4000:])
+        server.stop()
+        print(server.log[-4000:])
 
 
 @pytest.fixture

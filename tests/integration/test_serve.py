@@ -15,29 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.serve_process import ServeProcess
+
 pytestmark = pytest.mark.integration
-
-
-class ServerProcess:
-    def __init__(self, proc: subprocess.Popen[str], log_path: Path) -> None:
-        self.proc, self.log_path = proc, log_path
-        self.base_url = ""
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_listening(self, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(r"listening on (http://[\d.]+:\d+)", self.log)
-            if found:
-                self.base_url = found.group(1)
-                return self.base_url
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log}")
-            time.sleep(0.05)
-        raise AssertionError(f"server did not listen within {timeout} s:\n{self.log}")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -49,27 +29,17 @@ def _env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[object]:
-    procs: list[subprocess.Popen[str]] = []
+    servers: list[ServeProcess] = []
 
-    def start(*args: str, **env: str) -> ServerProcess:
-        log_path = tmp_path / f"server-{len(procs)}.log"
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "voiceagent", "serve", "--port", "0", *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                text=True,
-                cwd=tmp_path,
-                env=_env(**env),
-            )
-        procs.append(proc)
-        return ServerProcess(proc, log_path)
+    def start(*args: str, **env: str) -> ServeProcess:
+        servers.append(ServeProcess(tmp_path, *args, **{"VOICEAGENT_ENGINES__PRELOAD": "false", **env}))
+        return servers[-1]
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
 
 
 def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
