@@ -48,8 +48,10 @@ async def test_speech_gives_start_and_end_at_plausible_times(vad: SileroVAD) -> 
     pcm = silence(1.0) + synthesize_speech(SENTENCE) + silence(1.5)
     first, last = speech_span(pcm)
     events, speaking = await feed(vad.stream(), pcm)
-    assert [e.kind for e in events] == ["speech_start", "speech_end"]
-    start, end = events
+    # Piper sometimes pauses past min_silence_s at the comma: then two stretches, still in order.
+    kinds = [e.kind for e in events]
+    assert kinds and kinds == ["speech_start", "speech_end"] * (len(kinds) // 2), kinds
+    start, end = events[0], events[-1]
     assert first - 0.1 <= start.at_s <= first + 0.3
     assert last - 0.6 <= end.at_s <= last + 0.3
     assert speaking > 0.4
@@ -69,7 +71,7 @@ async def test_chunking_does_not_change_the_result(vad: SileroVAD) -> None:
     pcm = silence(0.5) + synthesize_speech(SENTENCE) + silence(1.0)
     small, _ = await feed(vad.stream(), pcm, frame=50)
     large, _ = await feed(vad.stream(), pcm, frame=FRAME * 7)
-    assert small == large and len(small) == 2
+    assert small == large and len(small) in (2, 4)
 
 
 async def test_hysteresis_follows_settings(vad: SileroVAD) -> None:
