@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import asr_vad, calls, events, foundation, llm, tts
+from bench import asr_vad, call_memory, calls, events, foundation, llm, memory, soak, tts
 from bench.results import RESULTS_MD, save
 
 SUITES = {
@@ -14,6 +14,9 @@ SUITES = {
     "tts": tts.run,
     "llm": llm.run,
     "calls": calls.run,
+    "memory": memory.run,
+    "call_memory": call_memory.run,
+    "soak": soak.run,  # 30 minutes (SOAK_MINUTES); last, so a long run does not hold up the rest
 }
 
 

@@ -3,7 +3,7 @@ simultaneous calls one node holds in real time (fake engines, then real models).
 
 Servers: ``bench/call_load_server.py`` in a subprocess: the real app (HTTP signaling, WebRTC
 gateway, CallManager, Conversation, Playout, store) with the real models (as ``voiceagent serve``
-loads them) or the fakes of tests/pipeline/fakes.py, plus ``GET /bench/stats`` (per-call outbound
+loads them) or the fakes of voiceagent/testing/fakes.py, plus ``GET /bench/stats`` (per-call outbound
 track stats, process CPU). Everything listens on 127.0.0.1.
 
 1. v2v from the browser: Chromium, a wav of 10 short questions as its microphone. The wav's

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,12 @@ class BenchServer:
             data: dict[str, Any] = json.loads(response.read())
             return data
 
+    def get(self, path: str) -> dict[str, Any]:
+        """Any JSON endpoint of the bench server, e.g. ``/bench/stats?reset=1&gc=1``."""
+        with urllib.request.urlopen(self.base + path, timeout=10) as response:
+            data: dict[str, Any] = json.loads(response.read())
+            return data
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -55,7 +62,13 @@ class BenchServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_server(engines: str, timeout_s: float = 180) -> BenchServer:
+def start_server(
+    engines: str,
+    timeout_s: float = 180,
+    extra_args: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
+) -> BenchServer:
+    """``extra_env`` is applied after the caller's VOICEAGENT_* variables are dropped."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-calls-{engines}-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEAGENT_")}
     env.update(
@@ -66,12 +79,14 @@ def start_server(engines: str, timeout_s: float = 180) -> BenchServer:
             "VOICEAGENT_LLM__MAX_TOKENS": "40",
             "VOICEAGENT_TRANSPORT__MAX_CALLS": "64",
             "VOICEAGENT_SERVER__LOG_LEVEL": "warning",
+            **(extra_env or {}),
         }
     )
     port_file = workdir / "port"
     log_file = (workdir / "server.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.call_load_server", "--engines", engines, "--port-file", str(port_file)],
+        [sys.executable, "-m", "bench.call_load_server", "--engines", engines, "--port-file", str(port_file),
+         *extra_args],
         cwd=workdir, env=env, stdout=log_file, stderr=subprocess.STDOUT,
     )  # fmt: skip
     log_file.close()

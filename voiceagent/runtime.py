@@ -7,19 +7,22 @@ dependency is broken, with one line saying why, instead of half-starting.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import text
 
+from voiceagent.calls.session import CallManager
 from voiceagent.config import Settings
 from voiceagent.engines.registry import Engines
 from voiceagent.events import EventBus
 from voiceagent.events.factory import create_transport
-from voiceagent.server.metrics import Metrics
-from voiceagent.server.readiness import Readiness
+from voiceagent.observability.metrics import Metrics
+from voiceagent.observability.readiness import Readiness
 from voiceagent.store import Database, Store, StoreUnavailable
+from voiceagent.transport.webrtc import WebRTCGateway
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +40,14 @@ class Runtime:
         self.events = EventBus(create_transport(settings.events), settings.events)
         self.engines = Engines(settings, self.metrics)
         self._engines_loading: asyncio.Task[None] | None = None
-        from voiceagent.calls.session import CallManager
-        from voiceagent.transport.webrtc import WebRTCGateway
-
-        self.calls = CallManager(self, WebRTCGateway(settings.transport))
+        self.calls = CallManager(
+            gateway=WebRTCGateway(settings.transport),
+            engines=self.engines,
+            store=self.store,
+            metrics=self.metrics,
+            settings=settings.conversation,
+            node_id=settings.node_id,
+        )
         self.readiness = Readiness(self.metrics)
         self._http = httpx.AsyncClient(timeout=settings.llm.request_timeout_s)
         self.readiness.add("store", self._probe_store)
@@ -73,9 +80,16 @@ class Runtime:
             raise
         if self.settings.engines.preload:
             # Models load while the port already answers /healthz; /readyz waits for them.
-            self._engines_loading = asyncio.create_task(self.engines.load(), name="load-engines")
+            self._engines_loading = asyncio.create_task(self._load_engines(), name="load-engines")
         self.started = True
         log.info("node %s started (store: %s)", self.settings.node_id, self.database.dialect)
+
+    async def _load_engines(self) -> None:
+        await self.engines.load()
+        # What is loaded now lives as long as the node: move it out of the collector's sight so
+        # the collections that free ended calls (see calls/session.py) only walk what came after.
+        gc.collect()
+        gc.freeze()
 
     async def stop(self) -> None:
         await self.calls.close_all()  # hang up first: calls use everything below

@@ -67,6 +67,19 @@ async def start_call(launch_browser: Any, server: Server, wav: Path, user: str) 
     return page
 
 
+async def wait_quiet(page: Any, quiet_ms: int = 1000, timeout_s: float = 30) -> None:
+    """Until the browser has heard nothing for ``quiet_ms`` (the reply's tail has arrived): a
+    deadline instead of a fixed sleep that a busy machine can outlast."""
+    await page.wait_for_function(
+        f"""() => {{
+          const now = performance.now();
+          const recent = window.__cap.levels.filter(([t]) => t >= now - {quiet_ms});
+          return recent.length >= 5 && recent.every(([, level]) => level < 0.003);
+        }}""",
+        timeout=timeout_s * 1000,
+    )
+
+
 async def wait_for_event(page: Any, predicate_js: str, timeout_s: float) -> list[dict[str, Any]]:
     await page.wait_for_function(
         f"() => window.__va.events.some(e => {predicate_js})", timeout=timeout_s * 1000
@@ -93,7 +106,7 @@ async def test_a_spoken_question_gets_a_spoken_answer(
     page = await start_call(launch_browser, server, wav, "e2e-alice")
 
     events = await wait_for_event(page, "e.kind === 'turn'", timeout_s=60)
-    await asyncio.sleep(1.0)  # the last audio is still on its way to the browser
+    await wait_quiet(page)  # the last audio may still be on its way to the browser
     finals = [e["text"] for e in events if e["kind"] == "transcript" and e["final"]]
     assert finals and word_error_rate(question, finals[0]) <= 0.2, finals
     [turn] = [e for e in events if e["kind"] == "turn"]
@@ -115,11 +128,9 @@ async def test_a_spoken_question_gets_a_spoken_answer(
     await page.evaluate("() => window.__hangup()")
     database = Database(StoreSettings(url=server.store_url))
     try:
-        for _ in range(50):
-            stored = await Store(database).get_call(call_id)
-            if stored.ended_at is not None:
-                break
-            await asyncio.sleep(0.1)
+        async with asyncio.timeout(30):  # a deadline: the hang-up is stored within ~0.1 s
+            while (stored := await Store(database).get_call(call_id)).ended_at is None:
+                await asyncio.sleep(0.1)
         assert stored.user_id == "e2e-alice" and stored.end_reason is not None
         [stored_turn] = stored.turns
         assert stored_turn.user_text == finals[0] and stored_turn.agent_text_heard == turn["agent_text_heard"]
@@ -129,24 +140,31 @@ async def test_a_spoken_question_gets_a_spoken_answer(
 
 
 async def test_talking_over_the_agent_stops_it(server: Server, launch_browser: Any, tmp_path: Path) -> None:
+    # The interruption goes on talking, with no pause, for ~4 s: the agent's next reply cannot
+    # start within the window below where its voice must have stopped.
     wav = write_mic_wav(
         tmp_path / "barge-in.wav",
         [("Tell me a long story about a brave little dragon who lived in the mountains.", 4.0),
-         ("Stop. Please stop talking now.", 0.0)],
+         ("Stop please stop talking now because I would like to ask you about something else", 0.0)],
     )  # fmt: skip
     page = await start_call(launch_browser, server, wav, "e2e-bob")
     events = await wait_for_event(page, "e.kind === 'interrupted'", timeout_s=60)
-    await asyncio.sleep(1.0)
+    await page.wait_for_function(
+        "() => window.__cap.interruptedAt !== null && performance.now() > window.__cap.interruptedAt + 2600",
+        timeout=30_000,
+    )
     received = await page.evaluate(COLLECT)
-    first_turn = await wait_for_event(page, "e.kind === 'turn'", timeout_s=10)
+    first_turn = await wait_for_event(page, "e.kind === 'turn'", timeout_s=30)
     [interrupted_turn, *_] = [e for e in first_turn if e["kind"] == "turn"]
     assert interrupted_turn["interrupted"]
     assert len(interrupted_turn["agent_text_heard"]) <= len(interrupted_turn["agent_text"])
     assert [e for e in events if e["kind"] == "interrupted"]
 
-    # The agent's voice stops: the browser's level falls to silence soon after the event.
+    # The agent's voice stops: silent from 1.5 s after the event on. A defect-only bound: the stop
+    # takes ~0.13 s (barge_in_stop_latency_* in bench/calls_browser.py measures it); without the
+    # flush the story would go on for seconds.
     at = received["interruptedAt"]
-    after = [level for t, level in received["levels"] if at + 300 <= t <= at + 700]
+    after = [level for t, level in received["levels"] if at + 1500 <= t <= at + 2500]
     before = [level for t, level in received["levels"] if at - 1500 <= t <= at - 100]
     assert max(before) > 0.01, "the agent was not audible before the interruption"
     assert after and max(after) < 0.005, after

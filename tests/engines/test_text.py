@@ -67,6 +67,16 @@ def test_a_long_sentence_is_cut_at_commas_then_at_spaces() -> None:
     assert [len(p) for p in split_long(unbroken)] == [200, 200, 50]
 
 
+def test_a_cut_never_overshoots_the_limit_nor_strands_a_mark() -> None:
+    # A comma just past the limit used to close a 201-character piece.
+    comma_at_limit = "abcd " * 39 + "abcde, and then the rest of it."
+    pieces = split_long(comma_at_limit)
+    assert all(len(p) <= MAX_SENTENCE_CHARS for p in pieces) and " ".join(pieces) == comma_at_limit
+    # A hard cut that left only "?" lost it: prepare_text drops pieces with nothing to say.
+    assert prepare_text("x" * 200 + "?", max_chars=1000) == ["x" * 199, "x?"]
+    assert split_long("one two three — —!", limit=15) == ["one two", "three — —!"]
+
+
 def test_prepare_text_refuses_what_cannot_be_spoken() -> None:
     with pytest.raises(BadText, match="over the 100 limit"):
         prepare_text("word " * 30, max_chars=100)

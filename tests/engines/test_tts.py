@@ -143,8 +143,8 @@ async def test_first_chunk_arrives_before_the_rest_is_synthesized(
         if done_at_first_chunk < 0:
             done_at_first_chunk = len(speak_log.finished)
     assert len(arrivals) == len(SENTENCES)
+    # Structural, not timed: when the first chunk arrived, at most the next sentence was done.
     assert done_at_first_chunk <= 2  # this sentence and, at most, the one prefetched
-    assert arrivals[0] < arrivals[-1] / 2
 
 
 @pytest.mark.models
@@ -246,12 +246,13 @@ async def test_cosyvoice_unreachable_is_model_unavailable() -> None:
 
 
 async def test_cosyvoice_slow_server_times_out() -> None:
-    with CosyVoiceTestServer(tone, stall_s=2.0) as server:
+    with CosyVoiceTestServer(tone, stall_s=10.0) as server:
         engine = cosyvoice(server.url, timeout_s=0.3)
         started = time.perf_counter()
         with pytest.raises(EngineTimeout):
             await collect(engine, "Hello.")
-        assert time.perf_counter() - started < 1.5
+        # Only a timeout that does not fire waits out the 10 s stall.
+        assert time.perf_counter() - started < 5
         await engine.aclose()
 
 

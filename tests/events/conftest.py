@@ -6,8 +6,10 @@ shared broker topics (a new RocketMQ group may start at the earliest or the late
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -58,3 +60,42 @@ def unique() -> Callable[[str], str]:
     """unique("group") -> "group-3f2a9c..." : names no other test (or earlier run) uses."""
     run = uuid.uuid4().hex[:10]
     return lambda prefix: f"{prefix}-{run}"
+
+
+@pytest.fixture
+def fast_client_schedulers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RocketMQ client heartbeats every 10 s and refreshes routes every 30 s; tests that watch
+    those background calls fail run them every 0.3 s instead (clients created in the test). The
+    5-minute settings sync stays as it is: writes into a dead stream would pile up pending."""
+    import rocketmq.v5.client.client as client_module
+    import rocketmq.v5.client.client_route_manager as route_module
+    from rocketmq.v5.client.scheduler import ClientScheduler
+
+    def fast(
+        name: str, target: Callable[[], None], initial_delay: float, delay: float, loop: Any = None
+    ) -> Any:
+        return ClientScheduler(name, target, min(initial_delay, 0.2), min(delay, 0.3), loop)
+
+    monkeypatch.setattr(client_module, "ClientScheduler", fast)
+    monkeypatch.setattr(route_module, "ClientScheduler", fast)
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def library_log() -> Iterator[Records]:
+    """What reaches the client library's own handlers (its log file), after any filter."""
+    from voiceagent.events.rocketmq.outage import LIBRARY_LOGGER
+
+    handler = Records()
+    logger = logging.getLogger(LIBRARY_LOGGER)
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -14,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_service
-from tests.events.conftest import ROCKETMQ_ENV, event_settings
+from tests.events.conftest import ROCKETMQ_ENV, Records, event_settings
+from tests.events.grpc_relay import Relay
 from voiceagent.config import LocalBrokerSettings, RocketMQSettings
 from voiceagent.events import (
+    BrokerUnavailable,
     EventBus,
     GreetEvent,
     GreetPayload,
@@ -25,7 +28,9 @@ from voiceagent.events import (
     PublishFailed,
 )
 from voiceagent.events.factory import create_transport
+from voiceagent.events.rocketmq import outage
 from voiceagent.events.rocketmq.broker import LocalBroker
+from voiceagent.events.rocketmq.outage import FUTURES_LOGGER
 
 pytestmark = [pytest.mark.rocketmq, pytest.mark.integration]
 Unique = Callable[[str], str]
@@ -88,7 +93,15 @@ async def test_a_broker_restart_loses_no_event_acknowledged_as_sent(unique: Uniq
         await asyncio.to_thread(broker.start)
 
         after = [GreetEvent(payload=GreetPayload(user_id=f"after-{i}")) for i in range(50)]
-        await bus.publish_many(after, tag=tag)
+        # The client's gRPC channel reconnects on its own back-off (seconds, growing while the
+        # broker was down): until then a publish fails, and nothing of it counts as sent.
+        async with asyncio.timeout(90):
+            while True:
+                try:
+                    await bus.publish_many(after, tag=tag)
+                    break
+                except PublishFailed:
+                    await asyncio.sleep(1)
 
         seen: set[str] = set()
         deadline = time.monotonic() + 90
@@ -105,6 +118,67 @@ async def test_a_broker_restart_loses_no_event_acknowledged_as_sent(unique: Uniq
     finally:
         await subscription.close()
         await transport.close()
+
+
+@pytest.mark.usefixtures("fast_client_schedulers")
+async def test_a_broker_outage_reads_as_one_line_and_its_end_as_another(
+    caplog: pytest.LogCaptureFixture, library_log: Records, unique: Unique
+) -> None:
+    """The broker goes away under a producer and a consumer (heartbeats every 0.3 s here), then
+    comes back: one WARNING, one INFO, no traceback per heartbeat; sending works again."""
+    caplog.set_level(logging.INFO, logger=outage.log.name)
+    relay = Relay(require_service("RocketMQ", ROCKETMQ_ENV))
+    await relay.start()
+    settings = event_settings("rocketmq", relay.address)
+    transport = create_transport(settings)
+    topic = settings.topics["outreach"].name
+    consumer = None
+    try:
+        await transport.start()
+        consumer = await transport.consumer(unique("g"), {topic: unique("t")})
+        await transport.send(OutgoingMessage(topic=topic, body=b"before"))
+        filter_ = outage.installed()
+        assert filter_ is not None, "the transport installs the filter"
+
+        before = len(library_log.records)
+        await relay.stop()  # nothing listens there any more
+        async with asyncio.timeout(60):
+            while filter_.down().get(relay.address, 0) < 10:  # >= 10 failed calls folded
+                await asyncio.sleep(0.1)
+        with pytest.raises(BrokerUnavailable):
+            await transport.send(OutgoingMessage(topic=topic, body=b"during"))
+
+        await relay.start()  # the same port again, in front of the same broker
+        async with asyncio.timeout(60):
+            while relay.address in filter_.down():
+                await asyncio.sleep(0.1)
+        async with asyncio.timeout(60):
+            while True:  # each client's channel reconnects on its own gRPC back-off
+                try:
+                    await transport.send(OutgoingMessage(topic=topic, body=b"after"))
+                    break
+                except BrokerUnavailable:
+                    await asyncio.sleep(0.5)
+        outage_records = library_log.records[before:]
+    finally:
+        if consumer is not None:
+            await consumer.close()
+        await transport.close()
+        await relay.close()
+
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == outage.log.name]
+    about = [
+        (level, message.split(" (")[0].split(" after")[0])
+        for level, message in said
+        if relay.address in message
+    ]
+    assert about == [
+        ("WARNING", f"RocketMQ unreachable at {relay.address}"),
+        ("INFO", f"RocketMQ reachable again at {relay.address}"),
+    ], said
+    assert not [r for r in caplog.records if r.name == FUTURES_LOGGER], "a traceback per heartbeat"
+    failures = [r for r in outage_records if r.levelno >= logging.WARNING and relay.address in r.getMessage()]
+    assert not failures, [r.getMessage() for r in failures]  # nor a line each in the library's file
 
 
 def test_broker_command_reports_the_running_broker(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.serve_process import ServeProcess
+from voiceagent.store import Database
 
 pytestmark = pytest.mark.integration
 
@@ -137,8 +138,9 @@ def test_help_lists_every_subcommand_and_each_runs(tmp_path: Path) -> None:
 
     assert run_cli("db", "current", cwd=tmp_path, VOICEAGENT_STORE__URL=db_url).stdout.startswith("base")
     upgraded = run_cli("db", "upgrade", cwd=tmp_path, VOICEAGENT_STORE__URL=db_url)
-    assert upgraded.returncode == 0 and upgraded.stdout.strip() == "database at 0001"
-    assert run_cli("db", "current", cwd=tmp_path, VOICEAGENT_STORE__URL=db_url).stdout.startswith("0001")
+    head = Database.head_revision()  # the newest migration, whichever this version ships
+    assert upgraded.returncode == 0 and upgraded.stdout.strip() == f"database at {head}"
+    assert run_cli("db", "current", cwd=tmp_path, VOICEAGENT_STORE__URL=db_url).stdout.startswith(str(head))
     down = run_cli("db", "downgrade", "base", cwd=tmp_path, VOICEAGENT_STORE__URL=db_url)
     assert down.returncode == 0 and down.stdout.strip() == "database at base"
     assert run_cli("--version", cwd=tmp_path).stdout.startswith("voiceagent ")
@@ -154,7 +156,8 @@ def test_a_node_with_migrations_off_refuses_an_old_schema(tmp_path: Path) -> Non
         VOICEAGENT_STORE__MIGRATE_ON_START="false",
     )
     assert result.returncode == 1
-    assert "database schema is at nothing, this version needs 0001" in result.stderr
+    needs = f"database schema is at nothing, this version needs {Database.head_revision()}"
+    assert needs in result.stderr
 
 
 def test_a_node_on_the_real_broker_reports_it_ready(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -178,24 +181,27 @@ def test_a_default_node_listens_at_once_and_is_ready_when_its_models_are(
     start_server, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """What `make run` does: every engine real (Silero, Whisper, Piper, e5, the local LLM server)."""
-    started = time.monotonic()
     server = start_server(
         VOICEAGENT_STORE__URL=f"sqlite+aiosqlite:///{tmp_path}/va.db", VOICEAGENT_ENGINES__PRELOAD="true"
     )
     base = server.wait_listening()
     assert httpx.get(f"{base}/healthz").status_code == 200
-    listening_s = time.monotonic() - started
-    deadline = time.monotonic() + 120
+    # "At once" is checked by what it means, not by a stopwatch: the node answers while its models
+    # are still loading (the local LLM server alone takes ~0.6 s to start). How soon it listens is
+    # measured by bench (serve_startup_to_healthz_s).
+    seen: list[str] = []
+    deadline = time.monotonic() + 120  # a deadline for loading every model, not a latency bound
     while time.monotonic() < deadline:
         engines = httpx.get(f"{base}/readyz", timeout=10).json()["checks"]["engines"]
+        seen.append(engines["detail"])
         if engines["ok"]:
             break
         assert engines["detail"] == "loading", engines  # not a failure
         time.sleep(0.5)
     assert engines["ok"], engines
+    assert seen[0] == "loading", "the node only answered once its models were loaded"
     for name in ("vad", "asr", "tts", "embeddings", "llm"):
         assert f"{name} ready" in engines["detail"]
-    assert listening_s < 10, f"took {listening_s:.1f} s to listen"
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=30) == 0
     assert "shutdown complete" in server.log

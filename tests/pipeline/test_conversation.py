@@ -4,79 +4,24 @@ milliseconds, and every timing below is exact, not a race."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
-from tests.pipeline.fakes import FakeASR, FakeLLM, FakeTTS, FakeVAD, ScriptedReply, frame
+from tests.pipeline.timeline import Call, words
 from voiceagent.engines.base import ToolCall, ToolSpec
-from voiceagent.pipeline.agent import Agent, AgentTool
-from voiceagent.pipeline.conversation import Conversation
+from voiceagent.pipeline.agent import AgentTool
 from voiceagent.pipeline.frames import (
     AgentSpeech,
     AgentState,
-    ConversationEvent,
     Interrupted,
-    StateChanged,
     TurnCompleted,
     UserTranscript,
 )
 from voiceagent.pipeline.playout import Playout
-from voiceagent.pipeline.settings import ConversationSettings
+from voiceagent.testing.fakes import ScriptedReply
 
 pytestmark = pytest.mark.looptime
-FRAME_S = 0.02
-
-
-def words(text: str) -> list[str]:
-    """LLM-style tokens: each word after the first carries its leading space."""
-    first, *rest = text.split(" ")
-    return [first, *(f" {w}" for w in rest)]
-
-
-@dataclass
-class Call:
-    """A conversation with fake engines, fed 20 ms frames in (virtual) real time."""
-
-    texts: dict[int, str]
-    replies: list[ScriptedReply]
-    tools: Sequence[AgentTool] = ()
-    settings: ConversationSettings = field(default_factory=ConversationSettings)
-    events: list[ConversationEvent] = field(default_factory=list)
-    sent: list[tuple[float, bool]] = field(default_factory=list)  # (time, audible) per outbound frame
-
-    def __post_init__(self) -> None:
-        self.vad, self.asr = FakeVAD(), FakeASR(self.texts)
-        self.llm, self.tts = FakeLLM(list(self.replies)), FakeTTS()
-        self.playout = Playout(sample_rate=16_000)
-        self.agent = Agent(self.llm, self.settings, self.tools)
-        self.conversation = Conversation(
-            vad=self.vad, asr=self.asr, tts=self.tts, agent=self.agent, playout=self.playout,
-            settings=self.settings, on_event=self.events.append,
-        )  # fmt: skip
-
-    async def run(self, speech: Sequence[tuple[float, float, int]], until_s: float) -> None:
-        """Feed ``until_s`` of audio; (start, end, utterance id) spans are speech."""
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for n in range(round(until_s / FRAME_S)):
-            t = n * FRAME_S
-            utterance = next((u for s, e, u in speech if s <= t < e), None)
-            await self.conversation.feed(frame(utterance))
-            out = self.playout.read_frame()
-            self.sent.append((loop.time() - start, any(out)))
-            await asyncio.sleep(start + (n + 1) * FRAME_S - loop.time())
-
-    def of(self, kind: type[ConversationEvent]) -> list[ConversationEvent]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    def states(self) -> list[AgentState]:
-        return [e.state for e in self.events if isinstance(e, StateChanged)]
-
-    def audible_between(self, start: float, end: float) -> bool:
-        return any(audible for t, audible in self.sent if start <= t < end)
 
 
 WEATHER = ScriptedReply(tokens=words("It is sunny. Warm all day, around twenty degrees."))

@@ -9,10 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from voiceagent.config import EventSettings, LLMSettings, RocketMQSettings, Settings
 from voiceagent.runtime import Runtime
 from voiceagent.server.app import create_app
+from voiceagent.server.errors import describe_validation_error
 
 
 async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
@@ -119,3 +121,70 @@ async def test_readyz_passes_against_a_reachable_llm(settings: Settings, models_
         response = await client.get("/readyz")
         assert response.status_code == 200, response.text
         assert response.json()["checks"]["llm"]["detail"] == f"2 model(s) at {models_server}"
+
+
+# -- POST /api/calls: a bad request names the field and why -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        pytest.param({"type": "offer"}, "sdp: Field required", id="missing-sdp"),
+        pytest.param({"sdp": "v=0", "type": "answer"}, "type: Input should be 'offer'", id="wrong-type"),
+        pytest.param(
+            {"sdp": "v=0", "type": "offer", "user_id": "alice smith"},
+            "user_id: String should match pattern '^[A-Za-z0-9_.@:-]+$'",
+            id="bad-user-id",
+        ),
+        pytest.param(["v=0", "offer"], "body: Input should be an object, got an array", id="json-array"),
+        pytest.param("v=0", "body: Input should be an object, got a string", id="json-string"),
+        pytest.param(
+            {"sdp": "", "type": "pranswer", "user_id": "x" * 65},
+            "sdp: String should have at least 1 character; type: Input should be 'offer'; "
+            "user_id: String should have at most 64 characters",
+            id="several-fields",
+        ),
+    ],
+)
+async def test_a_bad_offer_request_names_each_field_and_why(
+    client: httpx.AsyncClient, body: object, detail: str
+) -> None:
+    response = await client.post("/api/calls", json=body)
+    assert response.status_code == 400
+    assert response.json() == {"detail": f"bad offer request: {detail}"}
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (b'{"sdp": "v=0", "type": ', "EOF while parsing a value at line 1 column 23"),
+        (b"sdp=v%3D0&type=offer", "expected value at line 1 column 1"),
+        (b"", "EOF while parsing a value at line 1 column 0"),
+    ],
+    ids=["truncated", "form-encoded", "empty"],
+)
+async def test_a_body_that_is_not_json_says_so_and_where(
+    client: httpx.AsyncClient, content: bytes, detail: str
+) -> None:
+    response = await client.post("/api/calls", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json() == {"detail": f"bad offer request: body: Invalid JSON: {detail}"}
+
+
+async def test_an_oversized_offer_is_413_before_it_is_parsed(client: httpx.AsyncClient) -> None:
+    too_big = b"{" + b" " * (64 * 1024) + b"}"  # not even JSON: the size is checked first
+    response = await client.post("/api/calls", content=too_big)
+    assert response.status_code == 413
+    assert response.json() == {"detail": f"offer larger than {64 * 1024} bytes"}
+
+
+def test_nested_fields_are_named_by_their_path() -> None:
+    class Item(BaseModel):
+        name: str
+
+    class Order(BaseModel):
+        items: list[Item]
+
+    with pytest.raises(ValidationError) as info:
+        Order.model_validate({"items": [{"name": "tea"}, {"name": 3}]})
+    assert describe_validation_error(info.value) == "items[1].name: Input should be a valid string"

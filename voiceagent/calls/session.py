@@ -1,60 +1,124 @@
-"""One live call: caller audio → conversation → agent audio, events to the page, turns to the store."""
+"""One live call: caller audio → conversation → agent audio, events to the page, turns to the store.
+
+Each session is handed what it uses (engines, a store, metrics, settings), never the whole
+runtime: the calls layer can be built and tested on its own, and the runtime depends on it, not
+the other way round. A call's failures stay in the call: the conversation contains engine faults
+(see pipeline/conversation.py), the store being down costs the transcript and never the call, and
+a bug that escapes the conversation ends this call only.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import gc
 import logging
+import time
 import uuid
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from voiceagent.engines.registry import CallEngines
+from voiceagent.observability.metrics import Metrics
 from voiceagent.pipeline.agent import Agent
 from voiceagent.pipeline.conversation import Conversation
-from voiceagent.pipeline.frames import ConversationEvent, TurnCompleted
+from voiceagent.pipeline.frames import ConversationEvent, Fault, Recovered, TurnCompleted
 from voiceagent.pipeline.playout import Playout
-from voiceagent.store import NewTurn, StoreUnavailable
-
-if TYPE_CHECKING:
-    from voiceagent.runtime import Runtime
-    from voiceagent.transport.webrtc import CallTransport, WebRTCGateway
+from voiceagent.pipeline.settings import ConversationSettings
+from voiceagent.store import NewTurn
+from voiceagent.transport.webrtc import CallTransport, WebRTCGateway
 
 log = logging.getLogger(__name__)
 STAGES = ("endpointing_s", "asr_s", "llm_first_token_s", "tts_first_audio_s", "voice_to_voice_s")
+RECENT_EVENTS = 200  # kept per call for inspection; older ones are only in the store and metrics
+TURN_WRITE_ATTEMPTS = 3  # a turn write is retried this often (backing off) before it is dropped
+TURN_WRITE_BACKOFF_S = 0.5
+# A call's objects (aiortc's peer connection above all) form reference cycles that only Python's
+# cyclic collector frees, and it runs rarely; meanwhile each call's FFmpeg resamplers keep their
+# native threads. So once calls have ended (debounced: one collection per burst of hang-ups), the
+# node collects. The runtime freezes everything loaded at start-up, which keeps this cheap.
+RECLAIM_AFTER_S = 3.0
 
 
 class EnginesLoading(RuntimeError):
     pass
 
 
+class EngineSource(Protocol):
+    """Where a call finds its engines: the node's registry, or a test's fakes."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def for_call(self) -> CallEngines: ...
+
+
+class CallStore(Protocol):
+    """What a call records; `voiceagent.store.Store` is the real one."""
+
+    async def touch_user(self, user_id: str) -> Any: ...
+
+    async def start_call(self, user_id: str, node_id: str, call_id: str | None = None) -> Any: ...
+
+    async def add_turn(self, call_id: str, turn: NewTurn) -> Any: ...
+
+    async def end_call(self, call_id: str, reason: str) -> Any: ...
+
+
+@dataclass
+class CallStats:
+    """Running totals for one call: bounded, however long the call lasts."""
+
+    turns: int = 0
+    answered_turns: int = 0
+    barge_ins: int = 0
+    faults: int = 0
+    recoveries: int = 0
+    turns_not_stored: int = 0
+    voice_to_voice_s: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+
+
 class CallSession:
-    def __init__(self, runtime: Runtime, transport: CallTransport, playout: Playout, user_id: str) -> None:
-        self.runtime = runtime
+    def __init__(
+        self,
+        *,
+        transport: CallTransport,
+        playout: Playout,
+        user_id: str,
+        engines: CallEngines,
+        store: CallStore,
+        metrics: Metrics,
+        settings: ConversationSettings,
+        node_id: str,
+    ) -> None:
         self.transport = transport
         self.playout = playout
         self.user_id = user_id
         self.id = transport.id
+        self.node_id = node_id
         self.started_at = datetime.now(UTC)
-        engines = runtime.engines
-        assert engines.vad and engines.asr and engines.tts and engines.llm
-        self.agent = Agent(engines.llm, runtime.settings.conversation)
+        self.store = store
+        self.metrics = metrics
+        self.stats = CallStats()
+        self.recent_events: deque[ConversationEvent] = deque(maxlen=RECENT_EVENTS)
+        self.recorded = False  # the call row exists: its turns can be stored
+        self.agent = Agent(engines.llm, settings)
         self.conversation = Conversation(
             vad=engines.vad,
             asr=engines.asr,
             tts=engines.tts,
             agent=self.agent,
             playout=playout,
-            settings=runtime.settings.conversation,
+            settings=settings,
             on_event=self._on_event,
             on_turn=self._record_turn,
         )
-        self.events: list[ConversationEvent] = []
 
     async def run(self) -> None:
         """Feed the caller's audio until the call ends; always leaves the store consistent."""
-        metrics = self.runtime.metrics
-        metrics.calls_active.inc()
-        recorded = await self._record_start()
+        self.metrics.calls_active.inc()
+        self.recorded = await self._record_start()
         reason = "hangup"
         try:
             async for frame in self.transport.frames():
@@ -66,38 +130,67 @@ class CallSession:
         except Exception as exc:  # a pipeline bug ends this call, never the server
             log.exception("call %s failed", self.id)
             reason = f"error: {type(exc).__name__}"
+            self.metrics.calls_failed.inc()
             self.transport.send_event({"kind": "error", "message": "the call failed on the server"})
         finally:
-            metrics.calls_active.dec()
-            with contextlib.suppress(Exception):
+            self.metrics.calls_active.dec()
+            try:
                 await self.conversation.close()
+            except Exception:
+                log.exception("call %s: closing the conversation failed", self.id)
             await self.transport.close(reason)
-            if recorded:
-                with contextlib.suppress(StoreUnavailable, OSError):
-                    await self.runtime.store.end_call(self.id, reason)
+            await self._record_end(reason)
             log.info("call %s ended: %s", self.id, reason)
 
     async def _record_start(self) -> bool:
         try:
-            await self.runtime.store.touch_user(self.user_id)
-            await self.runtime.store.start_call(self.user_id, self.runtime.settings.node_id, call_id=self.id)
+            await self.store.touch_user(self.user_id)
+            await self.store.start_call(self.user_id, self.node_id, call_id=self.id)
         except Exception as exc:  # the call still works without its transcript being stored
-            log.warning("call %s is not recorded: %s", self.id, exc)
+            log.warning("call %s is not recorded (store: %s: %s)", self.id, type(exc).__name__, exc)
             return False
         return True
 
+    async def _record_end(self, reason: str) -> None:
+        if not self.recorded:
+            return
+        try:
+            await self.store.end_call(self.id, reason)
+        except Exception as exc:
+            log.warning(
+                "call %s: its end (%s) is not stored: %s: %s", self.id, reason, type(exc).__name__, exc
+            )
+
     def _on_event(self, event: ConversationEvent) -> None:
-        self.events.append(event)
+        self.recent_events.append(event)
+        if isinstance(event, Fault):
+            self.stats.faults += 1
+            self.metrics.call_faults.labels(stage=event.stage).inc()
+        elif isinstance(event, Recovered):
+            self.stats.recoveries += 1
+            self.metrics.call_recoveries.labels(reason=event.reason).inc()
+        elif isinstance(event, TurnCompleted):
+            self._count_turn(event)
         self.transport.send_event(event.model_dump(mode="json"))
 
-    async def _record_turn(self, turn: TurnCompleted) -> None:
-        histogram = self.runtime.metrics.turn_seconds
+    def _count_turn(self, turn: TurnCompleted) -> None:
+        self.stats.turns += 1
+        self.stats.answered_turns += bool(turn.agent_text.strip())
+        if turn.metrics.voice_to_voice_s is not None:
+            self.stats.voice_to_voice_s.append(turn.metrics.voice_to_voice_s)
         for stage in STAGES:
             value = getattr(turn.metrics, stage)
             if value is not None:
-                histogram.labels(stage=stage.removesuffix("_s")).observe(value)
+                self.metrics.turn_seconds.labels(stage=stage.removesuffix("_s")).observe(value)
         if turn.interrupted:
-            self.runtime.metrics.barge_ins.inc()
+            self.stats.barge_ins += 1
+            self.metrics.barge_ins.inc()
+
+    async def _record_turn(self, turn: TurnCompleted) -> None:
+        """Store one turn: a store that is briefly down is retried, one that stays down costs
+        this turn's record (logged and counted), never the call."""
+        if not self.recorded:
+            return
         ended = self.started_at + timedelta(seconds=turn.at_s)
         record = NewTurn(
             started_at=ended - timedelta(seconds=turn.metrics.voice_to_voice_s or 0),
@@ -107,28 +200,67 @@ class CallSession:
             agent_text_heard=turn.agent_text_heard,
             interrupted=turn.interrupted,
             metrics=turn.metrics,
+            fault=turn.fault,
         )
-        try:
-            await self.runtime.store.add_turn(self.id, record)
-        except Exception as exc:
-            log.warning("turn %d of call %s not stored: %s", turn.index, self.id, exc)
+        for attempt in range(1, TURN_WRITE_ATTEMPTS + 1):
+            try:
+                await self.store.add_turn(self.id, record)
+                return
+            except Exception as exc:
+                if attempt == TURN_WRITE_ATTEMPTS:
+                    self.stats.turns_not_stored += 1
+                    self.metrics.turns_not_stored.inc()
+                    log.warning(
+                        "turn %d of call %s not stored after %d attempts: %s: %s",
+                        turn.index, self.id, attempt, type(exc).__name__, exc,
+                    )  # fmt: skip
+                    return
+                await asyncio.sleep(TURN_WRITE_BACKOFF_S * 2 ** (attempt - 1))
 
 
 class CallManager:
     """Accepts offers, runs one CallSession per call, hangs them all up at shutdown."""
 
-    def __init__(self, runtime: Runtime, gateway: WebRTCGateway) -> None:
-        self.runtime = runtime
+    def __init__(
+        self,
+        *,
+        gateway: WebRTCGateway,
+        engines: EngineSource,
+        store: CallStore,
+        metrics: Metrics,
+        settings: ConversationSettings,
+        node_id: str,
+    ) -> None:
         self.gateway = gateway
+        self.engines = engines
+        self.store = store
+        self.metrics = metrics
+        self.settings = settings
+        self.node_id = node_id
         self.sessions: dict[str, CallSession] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._reclaim: asyncio.TimerHandle | None = None
 
     async def start(self, sdp: str, type_: str, user_id: str | None) -> tuple[CallSession, str]:
-        if not self.runtime.engines.ready:
+        if not self.engines.ready:
             raise EnginesLoading("the models are still loading; try again in a few seconds")
+        engines = self.engines.for_call()
         playout = Playout(sample_rate=48_000)
         transport, answer = await self.gateway.accept(sdp, type_, playout)
-        session = CallSession(self.runtime, transport, playout, user_id or f"anon-{uuid.uuid4().hex[:12]}")
+        try:
+            session = CallSession(
+                transport=transport,
+                playout=playout,
+                user_id=user_id or f"anon-{uuid.uuid4().hex[:12]}",
+                engines=engines,
+                store=self.store,
+                metrics=self.metrics,
+                settings=self.settings,
+                node_id=self.node_id,
+            )
+        except BaseException:
+            await transport.close("setup-failed")  # the gateway's call must not outlive this
+            raise
         self.sessions[session.id] = session
         task = asyncio.create_task(session.run(), name=f"call-{session.id}")
         self._tasks[session.id] = task
@@ -138,18 +270,31 @@ class CallManager:
     def _forget(self, call_id: str) -> None:
         self.sessions.pop(call_id, None)
         self._tasks.pop(call_id, None)
+        if self._reclaim is None:
+            self._reclaim = asyncio.get_running_loop().call_later(RECLAIM_AFTER_S, self._collect_ended_calls)
 
-    async def hang_up(self, call_id: str) -> bool:
+    def _collect_ended_calls(self) -> None:
+        self._reclaim = None
+        started = time.perf_counter()
+        found = gc.collect()
+        self.metrics.gc_seconds.observe(time.perf_counter() - started)
+        log.debug(
+            "collected %d objects of ended calls in %.1f ms", found, (time.perf_counter() - started) * 1e3
+        )
+
+    async def hang_up(self, call_id: str, reason: str = "hangup") -> bool:
         session = self.sessions.get(call_id)
         if session is None:
             return False
-        await session.transport.close("hangup")
+        await session.transport.close(reason)
         task = self._tasks.get(call_id)
         if task is not None:
             await asyncio.wait([task], timeout=10)
         return True
 
     async def close_all(self) -> None:
-        for call_id in list(self.sessions):
-            await self.hang_up(call_id)
+        await asyncio.gather(*(self.hang_up(call_id, "server-shutdown") for call_id in list(self.sessions)))
         await self.gateway.close_all()
+        if self._reclaim is not None:
+            self._reclaim.cancel()
+            self._reclaim = None

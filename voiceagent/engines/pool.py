@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from voiceagent.engines.base import EngineOverloaded, EngineTimeout
 
 if TYPE_CHECKING:
-    from voiceagent.server.metrics import Metrics
+    from voiceagent.observability.metrics import Metrics
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from voiceagent.engines.base import (
@@ -26,13 +27,23 @@ from voiceagent.engines.base import (
 if TYPE_CHECKING:
     from voiceagent.config import Settings
     from voiceagent.engines.llm.local_server import LocalLLMServer
-    from voiceagent.server.metrics import Metrics
+    from voiceagent.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
 class EnginesNotReady(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class CallEngines:
+    """The loaded engines one call talks through (shared by every call of the node)."""
+
+    vad: VADEngine
+    asr: ASREngine
+    llm: LLMEngine
+    tts: TTSEngine
 
 
 class Engines:
@@ -52,6 +63,16 @@ class Engines:
     @property
     def ready(self) -> bool:
         return self._loaded.is_set() and self.error is None
+
+    def for_call(self) -> CallEngines:
+        """The engines a call needs, once loaded."""
+        if not self.ready or not (self.vad and self.asr and self.llm and self.tts):
+            raise EnginesNotReady(self.error or "the models are still loading")
+        return CallEngines(vad=self.vad, asr=self.asr, llm=self.llm, tts=self.tts)
+
+    def mark_loaded(self) -> None:
+        """For engines put in place by hand (tests, benchmarks): the registry is ready."""
+        self._loaded.set()
 
     async def load(self) -> None:
         """Load every engine; on failure remember why (for /readyz) instead of raising."""

@@ -45,11 +45,13 @@ class Agent:
 
     def context(self) -> list[ChatMessage]:
         """System prompt plus the most recent exchanges (never starting on a dangling tool reply)."""
-        recent = self.history
-        user_turns = [i for i, m in enumerate(recent) if m.role == "user"]
+        return [self.system_message(), *self._recent(self.history)]
+
+    def _recent(self, messages: list[ChatMessage]) -> list[ChatMessage]:
+        user_turns = [i for i, m in enumerate(messages) if m.role == "user"]
         if len(user_turns) > self.settings.history_turns:
-            recent = recent[user_turns[-self.settings.history_turns] :]
-        return [self.system_message(), *recent]
+            return messages[user_turns[-self.settings.history_turns] :]
+        return messages
 
     async def reply(self, user_text: str) -> AsyncIterator[str]:
         """Stream the reply's text; tool rounds happen inside. The caller commits what was heard."""
@@ -93,6 +95,9 @@ class Agent:
         """Remember the reply as heard (possibly cut short, possibly empty)."""
         if heard.strip():
             self.history.append(ChatMessage(role="assistant", content=heard.strip()))
+        # What the model is never shown again is not kept: a long call's memory stays bounded
+        # (the whole transcript is in the store).
+        self.history = self._recent(self.history)
 
     async def wait_for_tools(self) -> None:
         if self.tool_tasks:

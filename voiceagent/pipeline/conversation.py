@@ -12,6 +12,10 @@ it on virtual time):
 - user speech during the reply that lasts `interrupt_min_speech_s` (and is not the agent's echo
   in its first `interrupt_warmup_s`) flushes playout, cancels LLM and TTS, and the agent
   remembers only what was heard. Shorter sounds are ignored.
+
+Faults are contained: an exception of any type from an engine, a tool, an observer or a bug in
+a reply ends at most that reply (see `_contain`); the agent says `fallback_line` when nothing was
+said yet, and goes back to listening. A watchdog resets any state no live task explains.
 """
 
 from __future__ import annotations
@@ -23,21 +27,32 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from voiceagent.engines.base import PCM_RATE, ASREngine, EngineError, TTSEngine, VADEngine, VADEvent
+from voiceagent.engines.base import (
+    PCM_RATE,
+    ASREngine,
+    EngineError,
+    TTSEngine,
+    VADEngine,
+    VADEvent,
+    VADResult,
+)
 from voiceagent.engines.tts.text import SentenceChunker
 from voiceagent.pipeline.agent import Agent
 from voiceagent.pipeline.frames import (
     AgentSpeech,
     AgentState,
     ConversationEvent,
+    Fault,
+    FaultStage,
     Interrupted,
+    Recovered,
     StateChanged,
     TurnCompleted,
     UserTranscript,
 )
 from voiceagent.pipeline.playout import Playout
 from voiceagent.pipeline.settings import ConversationSettings
-from voiceagent.pipeline.turns import end_of_turn_silence
+from voiceagent.pipeline.turns import COMPLETE_ENDINGS, end_of_turn_silence
 from voiceagent.store.records import TurnMetrics
 
 log = logging.getLogger(__name__)
@@ -65,6 +80,7 @@ class _Turn:
         self.first_sentence_s: float | None = None
         self.first_audio_s: float | None = None
         self.spoken: list[str] = []
+        self.fault: str | None = None  # the first contained failure of this turn
 
 
 class Conversation:
@@ -80,6 +96,7 @@ class Conversation:
         on_event: Callable[[ConversationEvent], None] | None = None,
         on_turn: Callable[[TurnCompleted], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
+        self._vad_engine = vad
         self.vad = vad.stream()
         self.asr = asr
         self.tts = tts
@@ -102,7 +119,10 @@ class Conversation:
         self._barge_in_from_s: float | None = None  # stream time of speech that may interrupt
         self._partial: asyncio.Task[None] | None = None
         self._last_partial_s = 0.0
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._vad_failing = False
+        self._vad_offset_s = 0.0  # stream time at which the current VAD stream began
+        self._stuck_since_s: float | None = None
 
     # -- clock and events --------------------------------------------------------------------
 
@@ -115,6 +135,30 @@ class Conversation:
                 self._on_event(event)
             except Exception:  # an observer's bug must not break the call
                 log.exception("conversation observer failed")
+
+    def _fault(self, stage: FaultStage, exc: BaseException, turn: _Turn | None = None) -> str:
+        """Log and announce a contained failure; the first one of a turn is stored with it."""
+        message = f"{stage}: {type(exc).__name__}: {exc}"[:300]
+        if isinstance(exc, EngineError):
+            log.warning("contained %s", message)
+        else:  # not an engine's known failure mode: keep the traceback for the bug report
+            log.error("contained %s", message, exc_info=exc)
+        if turn is not None and turn.fault is None:
+            turn.fault = message
+        self._emit(Fault(at_s=self.now(), stage=stage, message=message))
+        return message
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """A task the conversation owns: kept until done, and its failure is never silent."""
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._fault("background", exc)
 
     def _set_state(self, state: AgentState) -> None:
         if state != self.state:
@@ -129,7 +173,7 @@ class Conversation:
         if self._listening is not None:
             self._listening.audio += pcm
         self._keep_recent(pcm)
-        result = await self.vad.process(pcm)
+        result = await self._detect_voice(pcm)
         for event in result.events:
             self._on_vad(event)
         voiced = result.probability >= self.settings.voiced_probability
@@ -141,6 +185,36 @@ class Conversation:
             self._track_silence(voiced, len(pcm))
             if self._end_at_s is not None and self.now() >= self._end_at_s:
                 await self._end_user_turn()
+            elif len(self._listening.audio) >= self.settings.max_utterance_s * BYTES_PER_S:
+                await self._cut_long_utterance()
+        self._watch_for_stuck_state()
+
+    async def _detect_voice(self, pcm: bytes) -> VADResult:
+        """VAD on one frame; a failing VAD costs that frame (heard as silence), not the call.
+
+        The stream is replaced so a corrupted state cannot fail every frame after; one log line
+        per run of failures."""
+        try:
+            result = await self.vad.process(pcm)
+        except Exception as exc:
+            if not self._vad_failing:
+                self._vad_failing = True
+                self._fault("vad", exc, self._listening)
+            with contextlib.suppress(Exception):
+                self.vad.close()
+            try:
+                self.vad = self._vad_engine.stream()
+                self._vad_offset_s = self._stream_s  # its clock starts at the next frame
+            except Exception as again:
+                log.debug("no fresh VAD stream yet: %s", again)
+            return VADResult(probability=0.0, speaking=False, events=())
+        if self._vad_failing:
+            self._vad_failing = False
+            log.info("VAD works again")
+        if self._vad_offset_s and result.events:
+            shifted = tuple(e.model_copy(update={"at_s": e.at_s + self._vad_offset_s}) for e in result.events)
+            result = result.model_copy(update={"events": shifted})
+        return result
 
     def _keep_recent(self, pcm: bytes) -> None:
         self._recent.append((self._stream_s, pcm))
@@ -196,6 +270,8 @@ class Conversation:
             # Speculative: transcribe at the pause; usually ready before the silence budget runs out.
             turn.transcript_audio_len = len(turn.audio)
             turn.transcript = asyncio.create_task(self._transcribe(turn))
+            # A speculative transcript may be superseded and never awaited: read its outcome anyway.
+            turn.transcript.add_done_callback(_swallow_outcome)
             if self._end_at_s is None:
                 self._end_at_s = turn.speech_end_s + self.settings.end_of_turn_silence_s
 
@@ -219,16 +295,29 @@ class Conversation:
         if turn is None or not due or (self._partial is not None and not self._partial.done()):
             return
         self._last_partial_s = self._stream_s
-        self._partial = asyncio.create_task(self._partial_transcript(turn, bytes(turn.audio)))
+        self._partial = self._spawn(self._partial_transcript(turn, bytes(turn.audio)), name="partial")
 
     async def _partial_transcript(self, turn: _Turn, audio: bytes) -> None:
         try:
             transcript = await self.asr.transcribe(audio, partial=True)
-        except EngineError as exc:  # a partial is a nicety; the final transcript decides
-            log.debug("partial transcript skipped: %s", exc)
+        except Exception as exc:  # a partial is a nicety; the final transcript decides
+            log.debug("partial transcript skipped: %s: %s", type(exc).__name__, exc)
             return
         if turn is self._listening and transcript.text:
             self._emit(UserTranscript(at_s=self.now(), text=transcript.text, final=False))
+
+    async def _cut_long_utterance(self) -> None:
+        """End a turn that never paused: transcribe what there is and answer it."""
+        turn = self._listening
+        assert turn is not None
+        log.info("utterance reached %.0f s without a pause: ending the turn", self.settings.max_utterance_s)
+        if turn.transcript is None or turn.transcript_audio_len < len(turn.audio):
+            turn.transcript_audio_len = len(turn.audio)
+            turn.transcript = asyncio.create_task(self._transcribe(turn))
+            turn.transcript.add_done_callback(_swallow_outcome)
+        if turn.speech_end_s is None:
+            turn.speech_end_s = self.now()
+        await self._end_user_turn()
 
     async def _end_user_turn(self) -> None:
         turn, self._listening, self._end_at_s = self._listening, None, None
@@ -236,69 +325,111 @@ class Conversation:
             return
         try:
             turn.text = (await turn.transcript).strip()
-        except EngineError as exc:
-            log.warning("final transcript failed: %s", exc)
+        except Exception as exc:  # the user spoke and we cannot tell what: say so, keep listening
+            self._fault("asr", exc, turn)
             turn.text = ""
-        if not turn.text:
+        if not turn.text and turn.fault is None:
             return  # noise that looked like speech: nothing to answer
-        self._emit(UserTranscript(at_s=self.now(), text=turn.text, final=True))
+        if turn.text:
+            self._emit(UserTranscript(at_s=self.now(), text=turn.text, final=True))
         self._replying = turn
-        self._reply = asyncio.create_task(self._respond(turn), name=f"reply-{turn.index}")
+        self._reply = self._spawn(self._respond(turn), name=f"reply-{turn.index}")
 
     # -- the reply ---------------------------------------------------------------------------
 
     async def _respond(self, turn: _Turn) -> None:
+        """The reply task. Its last-resort boundary: whatever fails in here, the turn is finished
+        and the conversation listens again."""
+        try:
+            await self._reply_to(turn)
+        except Exception as exc:
+            _raise_if_cancelling(exc)
+            self._fault("reply", exc, turn)
+            if self._replying is turn:  # not already finished by a barge-in or hang-up
+                self.playout.flush()
+                self._finish_reply(turn, heard=self.playout.heard_text(), interrupted=False)
+        else:
+            self._finish_reply(turn, heard=" ".join(turn.spoken), interrupted=False)
+
+    async def _reply_to(self, turn: _Turn) -> None:
         self._set_state(AgentState.THINKING)
         turn.reply_started_s = self.now()
         self.playout.start_reply()
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
-        producer = asyncio.create_task(self._think(turn, sentences))
+        producer: asyncio.Task[None] | None = None
+        if turn.text:
+            producer = asyncio.create_task(self._think(turn, sentences))
+        else:  # nothing to ask the LLM about (the transcript failed): apologise instead
+            sentences.put_nowait(self.settings.fallback_line)
+            sentences.put_nowait(None)
         try:
             await self._speak(turn, sentences)
-            await producer
+            if producer is not None:
+                await producer
             self.playout.end_reply()
             await self.playout.drained()
         finally:
-            if not producer.done():
+            if producer is not None and not producer.done():
                 producer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await producer
-        self._finish_reply(turn, heard=" ".join(turn.spoken), interrupted=False)
 
     async def _think(self, turn: _Turn, sentences: asyncio.Queue[str | None]) -> None:
+        """LLM text → sentences. If the LLM fails, what was said stands: with nothing said yet the
+        agent says the fallback line; cut off mid-sentence, it says the cut-off line instead of
+        the unfinished words; between sentences, the reply simply ends there."""
         chunker = SentenceChunker(first_clause_words=self.settings.first_clause_words)
+        produced = False
         try:
             async for delta in self.agent.reply(turn.text):
                 if turn.first_token_s is None:
                     turn.first_token_s = self.now()
                 for sentence in chunker.push(delta):
                     sentences.put_nowait(sentence)
+                    produced = True
             for sentence in chunker.flush():
                 sentences.put_nowait(sentence)
-        except EngineError as exc:
-            log.warning("LLM failed mid-reply (%s); saying the fallback line", exc)
-            for sentence in chunker.flush():
-                sentences.put_nowait(sentence)
-            if not turn.spoken and sentences.empty():
+        except Exception as exc:
+            _raise_if_cancelling(exc)
+            self._fault("llm", exc, turn)
+            unfinished = False
+            for piece in chunker.flush():
+                if piece.endswith(COMPLETE_ENDINGS):  # whole sentences the LLM did finish
+                    sentences.put_nowait(piece)
+                    produced = True
+                else:
+                    unfinished = True
+            if not produced:
                 sentences.put_nowait(self.settings.fallback_line)
+            elif unfinished:
+                sentences.put_nowait(self.settings.cut_off_line)
         finally:
             sentences.put_nowait(None)
 
     async def _speak(self, turn: _Turn, sentences: asyncio.Queue[str | None]) -> None:
+        tried_fallback = False
         while (sentence := await sentences.get()) is not None:
-            if turn.first_sentence_s is None:
-                turn.first_sentence_s = self.now()
-            first_chunk = True
-            try:
-                async with contextlib.aclosing(self.tts.synthesize(sentence)) as audio:
-                    async for chunk in audio:
-                        text = sentence if first_chunk else ""
-                        self.playout.enqueue(chunk.model_copy(update={"text": text}))
-                        if first_chunk:
-                            self._started_speaking(turn, sentence)
-                            first_chunk = False
-            except EngineError as exc:  # one unspeakable sentence must not end the reply
-                log.warning("TTS failed for %r: %s", sentence[:60], exc)
+            tried_fallback = tried_fallback or sentence == self.settings.fallback_line
+            await self._say(turn, sentence)
+        if not turn.spoken and turn.fault is not None and not tried_fallback:
+            await self._say(turn, self.settings.fallback_line)  # every sentence failed to speak
+
+    async def _say(self, turn: _Turn, sentence: str) -> None:
+        """One sentence through TTS into playout; a failure costs this sentence only."""
+        if turn.first_sentence_s is None:
+            turn.first_sentence_s = self.now()
+        first_chunk = True
+        try:
+            async with contextlib.aclosing(self.tts.synthesize(sentence)) as audio:
+                async for chunk in audio:
+                    text = sentence if first_chunk else ""
+                    self.playout.enqueue(chunk.model_copy(update={"text": text}))
+                    if first_chunk:
+                        self._started_speaking(turn, sentence)
+                        first_chunk = False
+        except Exception as exc:
+            _raise_if_cancelling(exc)
+            self._fault("tts", exc, turn)
 
     def _started_speaking(self, turn: _Turn, sentence: str) -> None:
         turn.spoken.append(sentence)
@@ -343,12 +474,34 @@ class Conversation:
             agent_text_heard=heard,
             interrupted=interrupted,
             metrics=self._metrics(turn),
+            fault=turn.fault,
         )
         self._emit(completed)
         if self._on_turn is not None:
-            task = asyncio.create_task(self._on_turn(completed))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._on_turn(completed), name=f"turn-{turn.index}-record")
+
+    # -- the watchdog ------------------------------------------------------------------------
+
+    def _watch_for_stuck_state(self) -> None:
+        """THINKING or SPEAKING needs a live reply task or audio still playing. Neither, for
+        ``stuck_state_s``, means a bug left the state behind: reset it so the caller is heard."""
+        reply_alive = self._reply is not None and not self._reply.done()
+        if self.state == AgentState.LISTENING or reply_alive or self.playout.queued_s > 0:
+            self._stuck_since_s = None
+            return
+        if self._stuck_since_s is None:
+            self._stuck_since_s = self.now()
+            return
+        if self.now() - self._stuck_since_s < self.settings.stuck_state_s:
+            return
+        reason = "reply_task_gone" if self._reply is not None else "no_reply_task"
+        stuck_in = self.state
+        log.error("conversation stuck in %s with no reply task; recovering (%s)", stuck_in.value, reason)
+        self._stuck_since_s = None
+        self._replying = None
+        self.playout.flush()
+        self._set_state(AgentState.LISTENING)
+        self._emit(Recovered(at_s=self.now(), reason=reason, stuck_in=stuck_in))
 
     def _metrics(self, turn: _Turn) -> TurnMetrics:
         def since(start: float | None, end: float | None) -> float | None:
@@ -367,7 +520,7 @@ class Conversation:
         for task in (self._reply, self._partial):
             if task is not None and not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, EngineError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         if self._replying is not None:
             self._finish_reply(self._replying, heard=self.playout.heard_text(), interrupted=True)
@@ -375,4 +528,19 @@ class Conversation:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         self.playout.flush()
-        self.vad.close()
+        with contextlib.suppress(Exception):
+            self.vad.close()
+
+
+def _raise_if_cancelling(exc: BaseException) -> None:
+    """An engine that raises while being cancelled (a stream whose close fails) must not turn a
+    barge-in's cancellation into an error we carry on from: the cancellation wins."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        log.info("while cancelling: %s: %s (the cancellation goes on)", type(exc).__name__, exc)
+        raise asyncio.CancelledError from exc
+
+
+def _swallow_outcome(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

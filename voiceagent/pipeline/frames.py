@@ -53,6 +53,28 @@ class TurnCompleted(_Event):
     agent_text_heard: str
     interrupted: bool
     metrics: TurnMetrics
+    fault: str | None = None  # "stage: what failed" when an engine or a bug cut this turn short
 
 
-ConversationEvent = StateChanged | UserTranscript | AgentSpeech | Interrupted | TurnCompleted
+FaultStage = Literal["vad", "asr", "asr_partial", "llm", "tts", "reply", "turn_end", "background"]
+
+
+class Fault(_Event):
+    """A failure the conversation contained: it cost at most the current reply."""
+
+    kind: Literal["fault"] = "fault"
+    stage: FaultStage
+    message: str
+
+
+class Recovered(_Event):
+    """The watchdog found the conversation in a state no live task explains and reset it."""
+
+    kind: Literal["recovered"] = "recovered"
+    reason: str
+    stuck_in: AgentState
+
+
+ConversationEvent = (
+    StateChanged | UserTranscript | AgentSpeech | Interrupted | TurnCompleted | Fault | Recovered
+)

@@ -20,6 +20,9 @@ class ConversationSettings(BaseModel):
     end_of_turn_hesitant_s: float = Field(1.0, ge=0.1, description="after 'and', 'um', a comma")
     voiced_probability: float = Field(0.5, gt=0, lt=1, description="VAD probability that counts as voice")
     speculate_after_s: float = Field(0.15, ge=0, description="silence before a speculative transcript")
+    # An utterance this long ends the turn even without a pause: ASR takes at most ~30 s, and a
+    # caller who never pauses (or a stuck open line) must not grow the call's memory without end.
+    max_utterance_s: float = Field(30.0, gt=1)
     pre_roll_s: float = Field(0.3, ge=0, description="audio kept from before speech_start")
     partial_every_s: float = Field(0.8, gt=0, description="partial transcripts while the user speaks")
     # Barge-in: speech this long while the agent talks interrupts it; shorter is a cough.
@@ -30,4 +33,9 @@ class ConversationSettings(BaseModel):
     # the caller waits for the first audio, not for the first full stop.
     first_clause_words: int | None = Field(4, ge=1)
     max_tool_rounds: int = Field(3, ge=0)
+    # Said when a fault leaves a turn with nothing said yet (no transcript, no LLM text, no audio).
     fallback_line: str = "Sorry, I lost my train of thought. Could you say that again?"
+    # Said instead of an unfinished sentence when the LLM fails after the reply began.
+    cut_off_line: str = "Sorry, I lost my train of thought there."
+    # THINKING/SPEAKING with no reply task and no audio queued this long is a bug: reset to LISTENING.
+    stuck_state_s: float = Field(2.0, gt=0)

@@ -12,10 +12,10 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from voiceagent import __version__
+from voiceagent.observability.metrics import CONTENT_TYPE
+from voiceagent.observability.readiness import ReadinessReport
 from voiceagent.runtime import Runtime
 from voiceagent.server.calls_api import WEB_DIR, calls_router
-from voiceagent.server.metrics import CONTENT_TYPE
-from voiceagent.server.readiness import ReadinessReport
 
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:

@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
 from voiceagent.calls.session import EnginesLoading
+from voiceagent.server.errors import parse_json_body
 
 if TYPE_CHECKING:
     from voiceagent.calls.session import CallManager
@@ -53,10 +54,7 @@ def calls_router(manager: CallManager, max_offer_bytes: int) -> APIRouter:
         body = await request.body()
         if len(body) > max_offer_bytes:
             raise HTTPException(413, f"offer larger than {max_offer_bytes} bytes")
-        try:
-            offer = OfferRequest.model_validate_json(body)
-        except ValueError as exc:
-            raise HTTPException(400, f"bad offer request: {str(exc).splitlines()[0]}") from None
+        offer = parse_json_body(OfferRequest, body, "offer request")
         from voiceagent.transport.webrtc import SignalingError
 
         try:

@@ -78,6 +78,7 @@ class Turn(Base):
     agent_text: Mapped[str] = mapped_column(Text, default="")
     agent_text_heard: Mapped[str] = mapped_column(Text, default="")
     interrupted: Mapped[bool] = mapped_column(default=False)
+    fault: Mapped[str | None] = mapped_column(String(300))
     endpointing_s: Mapped[float | None] = mapped_column(Float)
     asr_s: Mapped[float | None] = mapped_column(Float)
     llm_first_token_s: Mapped[float | None] = mapped_column(Float)

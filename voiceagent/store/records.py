@@ -48,6 +48,7 @@ class NewTurn(BaseModel):
     agent_text_heard: str = ""
     interrupted: bool = False
     metrics: TurnMetrics = TurnMetrics()
+    fault: str | None = Field(None, max_length=300)  # "stage: error" when a failure cut the turn short
 
 
 class TurnRecord(_Record):
@@ -61,6 +62,7 @@ class TurnRecord(_Record):
     agent_text_heard: str
     interrupted: bool
     metrics: TurnMetrics
+    fault: str | None = None
 
 
 class CallRecord(_Record):

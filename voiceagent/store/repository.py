@@ -35,6 +35,7 @@ def _turn_record(turn: Turn) -> TurnRecord:
         agent_text_heard=turn.agent_text_heard,
         interrupted=turn.interrupted,
         metrics=TurnMetrics.model_validate(turn),
+        fault=turn.fault,
     )
 
 
@@ -110,6 +111,7 @@ class Store:
                 agent_text=turn.agent_text,
                 agent_text_heard=turn.agent_text_heard,
                 interrupted=turn.interrupted,
+                fault=turn.fault,
                 **turn.metrics.model_dump(),
             )
             session.add(row)

@@ -93,6 +93,12 @@ class OutboundTrack(MediaStreamTrack):
         self._time_base = fractions.Fraction(1, OUT_RATE)
         self.stats = OutboundStats()
 
+    def stop(self) -> None:
+        super().stop()
+        # An FFmpeg resampler's filter graph runs native threads until it is freed; held in a
+        # reference cycle (aiortc's peer connection) that would wait for the cyclic collector.
+        self._resampler = None
+
     def _pull(self) -> bytes:
         try:
             return self._source.read_frame()
@@ -146,6 +152,8 @@ class OutboundTrack(MediaStreamTrack):
             self._start = loop.time() - self._n * FRAME_S
 
         frame = _pcm_frame(self._next_pcm(), OUT_RATE)
+        if self.readyState != "live":  # stopped while we waited
+            raise MediaStreamError
         frame.pts = self._n * OUT_SAMPLES
         frame.time_base = self._time_base
         self._n += 1
@@ -164,7 +172,6 @@ class InboundAudio:
         self._track = track
         self._queue = queue
         self._now = now
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=IN_RATE)
         self._pending = b""
         self.last_rx: float | None = None
         self.rx_frames = 0  # decoded frames from aiortc
@@ -180,6 +187,9 @@ class InboundAudio:
         self._queue.put_nowait(item)
 
     async def run(self) -> None:
+        # Local to this run, so its filter graph (and the native threads FFmpeg starts for it) is
+        # freed the moment the call's audio ends, not whenever a gc cycle runs.
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=IN_RATE)
         try:
             while True:
                 frame = await self._track.recv()
@@ -187,7 +197,7 @@ class InboundAudio:
                 self.rx_frames += 1
                 if not isinstance(frame, av.AudioFrame):
                     continue
-                for out in self._resampler.resample(frame):
+                for out in resampler.resample(frame):
                     self._pending += _frame_pcm(out)
                 while len(self._pending) >= IN_FRAME_BYTES:
                     self.push(self._pending[:IN_FRAME_BYTES])

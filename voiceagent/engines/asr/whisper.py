@@ -32,7 +32,7 @@ from voiceagent.engines.settings import ASRSettings
 from voiceagent.engines.vad.silero import SileroVAD
 
 if TYPE_CHECKING:
-    from voiceagent.server.metrics import Metrics
+    from voiceagent.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from voiceagent.engines.pool import ModelWorkerPool
 from voiceagent.engines.settings import EmbeddingSettings
 
 if TYPE_CHECKING:
-    from voiceagent.server.metrics import Metrics
+    from voiceagent.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -142,6 +142,7 @@ class LocalLLMServer:
             "threads": self.settings.threads,
             "parallel": self.settings.parallel,
             "context": self.settings.context_tokens,
+            "prompt_cache_mib": self.settings.prompt_cache_mib,
         }
         proc = subprocess.Popen(
             [sys.executable, "-m", __name__, json.dumps(config)],
@@ -243,6 +244,9 @@ def _serve(config: dict[str, Any]) -> int:
     # One KV pool shared by all slots: a long conversation may use the whole context while others
     # are short, instead of each slot being capped at context / parallel.
     params.kv_unified = True
+    # Bounded: the stock 8 GiB grows the child call after call. 0 also stops idle slots being
+    # saved and cleared, so their KV cells stay taken from the shared pool.
+    params.cache_ram_mib = int(config["prompt_cache_mib"])
     params.cpuparams.n_threads = int(config["threads"])
     params.cpuparams_batch.n_threads = int(config["threads"])
     # The chat template is the one inside the GGUF, rendered with jinja (needed for tool calls).

@@ -5,6 +5,10 @@ token by ``first_token_timeout_s`` (the caller then speaks a fallback line) and 
 ``request_timeout_s``. The deadlines wrap each single read from the stream, never a ``yield``: a
 timeout scope held open across a yield would fire into whatever the consumer is doing.
 
+A server that answers but not in the protocol (a body that is not an event stream, an event that
+is not a JSON chunk) is an ``EngineError`` too, like a refused connection or an HTTP 500: to the
+caller every way the LLM can fail is one kind of failure, with the reason in the message.
+
 Stopping early matters as much: a caller that barges in drops the reply, and the HTTP stream is
 closed in ``finally`` so the server stops decoding for a listener that is gone. Consumers that
 break out of the loop should wrap the iterator in ``contextlib.aclosing`` to close it at once
@@ -102,12 +106,18 @@ class OpenAICompatibleLLM(LLMEngine):
                     max_tokens or self.settings.max_tokens,
                     self.settings.temperature if temperature is None else temperature,
                 )
+            _check_event_stream(stream, self.base_url)
             while True:
                 try:
                     async with asyncio.timeout_at(total_deadline if got_token else first_deadline):
                         chunk = await anext(stream)
                 except StopAsyncIteration:
                     break
+                except ValueError as exc:  # the SDK's json.loads of a `data:` line, or its validation
+                    raise EngineError(
+                        f"LLM at {self.base_url} sent a malformed stream event"
+                        f"{' mid-reply' if got_token else ''}: {type(exc).__name__}: {exc}"
+                    ) from exc
                 for choice in chunk.choices[:1]:  # n=1: only one choice is ever asked for
                     finish_reason = choice.finish_reason or finish_reason
                     delta = choice.delta
@@ -132,7 +142,9 @@ class OpenAICompatibleLLM(LLMEngine):
             raise EngineTimeout(f"LLM at {self.base_url}: HTTP timeout") from None
         except openai.APIConnectionError as exc:
             if got_token:
-                raise EngineError(f"LLM at {self.base_url}: connection lost mid-reply: {exc}") from exc
+                raise EngineError(
+                    f"LLM at {self.base_url}: connection lost mid-reply: {_cause(exc)}"
+                ) from exc
             raise ModelUnavailable(f"LLM endpoint {self.base_url} is unreachable: {_cause(exc)}") from exc
         except openai.APIStatusError as exc:
             raise EngineError(
@@ -225,6 +237,17 @@ def _tool_param(tool: ToolSpec) -> ChatCompletionFunctionToolParam:
         "type": "function",
         "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
     }
+
+
+def _check_event_stream(stream: openai.AsyncStream[ChatCompletionChunk], base_url: str) -> None:
+    """The SDK reads any 200 body as SSE and skips lines that are not ``data:`` fields, so an
+    HTML error page or a non-streamed JSON completion would pass as an empty reply."""
+    content_type = stream.response.headers.get("content-type", "")
+    if not content_type.lower().startswith("text/event-stream"):
+        raise EngineError(
+            f"LLM at {base_url} answered {content_type or 'no content type'}, not an event stream "
+            "(a proxy's error page, or a server that does not stream?)"
+        )
 
 
 def _cause(exc: BaseException) -> str:

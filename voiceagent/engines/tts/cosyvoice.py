@@ -30,7 +30,7 @@ from voiceagent.engines.settings import CosyVoiceSettings, TTSSettings
 from voiceagent.engines.tts.text import prepare_text
 
 if TYPE_CHECKING:
-    from voiceagent.server.metrics import Metrics
+    from voiceagent.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class CosyVoiceTTS(TTSEngine):
     async def synthesize(self, text: str) -> AsyncGenerator[AudioChunk, None]:
         """~100 ms chunks; a sentence's text rides on its first chunk only, so joining the
         ``text`` of the chunks played so far gives what the listener has heard."""
-        for sentence in prepare_text(text, self.settings.max_chars):
+        for sentence in prepare_text(text, self.settings.max_chars, self.settings.max_synthesis_chars):
             source = self._local_pcm(sentence) if self._local else self._remote_pcm(sentence)
             label = sentence
             async with contextlib.aclosing(rechunk(source, self._chunk_bytes)) as pieces:

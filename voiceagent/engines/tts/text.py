@@ -145,18 +145,29 @@ def _next_boundary(text: str, start: int, final: bool) -> int | None:
 
 
 def split_long(sentence: str, limit: int = MAX_SENTENCE_CHARS) -> list[str]:
-    """Cut at the last comma/semicolon that leaves a reasonable piece, else at a space, else hard."""
+    """Cut at the last comma/semicolon that leaves a reasonable piece, else at a space, else hard.
+
+    Every piece is at most ``limit`` characters and no character but spaces is lost: the voice's
+    memory and first-audio wait grow with the longest piece, never with the whole text.
+    """
     pieces: list[str] = []
     rest = sentence.strip()
     while len(rest) > limit:
-        window = rest[: limit + 1]
         cut = 0
-        for m in _SOFT_BREAK.finditer(window):
+        # Over the whole rest, not a window of it: "3,000" cut at the window's end is no clause.
+        for m in _SOFT_BREAK.finditer(rest):
+            if m.end() > limit:
+                break
             if m.end() >= limit // 3:
                 cut = m.end()
         if not cut:
-            space = window.rfind(" ", limit // 3)
+            space = rest.rfind(" ", limit // 3, limit + 1)
             cut = space if space > 0 else limit
+        while cut > 1 and not is_speakable(rest[cut:]):
+            # Only marks would be left ("word?" one over the limit), which prepare_text drops as
+            # unspeakable: leave a word (or a letter) with them.
+            space = rest.rfind(" ", 0, cut)
+            cut = space if space > 0 else cut - 1
         pieces.append(rest[:cut].strip())
         rest = rest[cut:].strip()
     if rest:

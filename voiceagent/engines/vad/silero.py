@@ -28,7 +28,7 @@ from voiceagent.engines.pool import ModelWorkerPool
 from voiceagent.engines.settings import VADSettings
 
 if TYPE_CHECKING:
-    from voiceagent.server.metrics import Metrics
+    from voiceagent.observability.metrics import Metrics
 
 BLOCK = 512  # samples the model takes at 16 kHz
 MAX_IDLE_MODELS = 32

@@ -3,7 +3,8 @@
 The client is thread based. Sends use its ``send_async`` futures (no thread held per message);
 receive/ack/extend block, so they run on this bus's own worker pool, never on the event loop and
 never on asyncio's small default executor that engines share. Every client error leaves here as
-one of the project's BusError types.
+one of the project's BusError types. While the broker is down the client library's own noise
+(a traceback per failed heartbeat) is folded into one line per outage (see outage.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from voiceagent.config import RocketMQSettings
@@ -29,6 +31,7 @@ from voiceagent.events.bus import (
     ReceivedMessage,
     TopicNotFound,
 )
+from voiceagent.events.rocketmq import outage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,6 +44,7 @@ BATCH_SIZE = 64  # messages per gRPC call in send_many; events are ~0.5-2 KB
 def _client() -> Any:
     import rocketmq  # grpc and protobuf: imported only when the broker is actually used
 
+    outage.install(str(Path(rocketmq.__file__).parent))
     return rocketmq
 
 
@@ -102,6 +106,7 @@ class RocketMQBus(MessageBus):
         rocketmq = _client()
         producer = rocketmq.Producer(self.configuration(), tuple(self.topics))
         # startup() returns at once even with the proxy down; sends then fail and are retried.
+        outage.watch(producer.client_id, self.settings.endpoints)
         await self.blocking(producer.startup, "starting producer")
         self._producer = producer
 
@@ -110,6 +115,7 @@ class RocketMQBus(MessageBus):
             await consumer.close()
         if self._producer is not None:
             producer, self._producer = self._producer, None
+            outage.forget(producer.client_id)
             try:
                 await self.blocking(producer.shutdown, "stopping producer")
             except BusError as exc:
@@ -245,6 +251,7 @@ class RocketMQConsumer(MessageConsumer):
             topic: rocketmq.FilterExpression(tag or "*") for topic, tag in self.subscriptions.items()
         }
         client = rocketmq.SimpleConsumer(self.bus.configuration(), self.group, expressions, await_duration=5)
+        outage.watch(client.client_id, self.bus.settings.endpoints)
         await self.bus.blocking(client.startup, f"joining group {self.group}")
         # The first receive races the settings handshake; wait for it like the client should.
         settings_ready = getattr(client, "_init_settings_event", None)
@@ -256,6 +263,7 @@ class RocketMQConsumer(MessageConsumer):
     async def _reconnect(self) -> None:
         old, self._client = self._client, None
         if old is not None:
+            outage.forget(old.client_id)
             with contextlib.suppress(BusError):
                 await self.bus.blocking(old.shutdown, f"dropping consumer {self.group}")
         await self.connect()
@@ -307,6 +315,7 @@ class RocketMQConsumer(MessageConsumer):
         self.bus.forget(self)
         client, self._client = self._client, None
         if client is not None:
+            outage.forget(client.client_id)
             try:
                 await self.bus.blocking(client.shutdown, f"leaving group {self.group}")
             except BusError as exc:

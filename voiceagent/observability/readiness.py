@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
 
-from voiceagent.server.metrics import Metrics
+from voiceagent.observability.metrics import Metrics
 
 # A probe returns a short human detail ("postgresql 15.8") or raises with the reason.
 Probe = Callable[[], Awaitable[str]]

@@ -85,6 +85,34 @@ class Metrics:
         self.barge_ins = Counter(
             "voiceagent_barge_ins_total", "Agent replies interrupted by the caller", registry=self.registry
         )
+        self.calls_failed = Counter(
+            "voiceagent_calls_failed_total",
+            "Calls ended by a bug that escaped the conversation",
+            registry=self.registry,
+        )
+        self.call_faults = Counter(
+            "voiceagent_call_faults_total",
+            "Failures a conversation contained (each cost at most one reply), by stage",
+            ["stage"],
+            registry=self.registry,
+        )
+        self.call_recoveries = Counter(
+            "voiceagent_call_recoveries_total",
+            "Conversations the watchdog found stuck (a bug) and reset to listening",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.gc_seconds = Histogram(
+            "voiceagent_gc_seconds",
+            "Time the node spent collecting ended calls' garbage (the event loop waits meanwhile)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+            registry=self.registry,
+        )
+        self.turns_not_stored = Counter(
+            "voiceagent_turns_not_stored_total",
+            "Turns dropped after the store refused them on every attempt",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
