@@ -46,6 +46,7 @@ class Call:
     expect_recovery: bool = False  # the watchdog must stay quiet unless a test provokes it
     on_event: Callable[[ConversationEvent], None] | None = None  # besides recording it
     on_turn: Callable[[TurnCompleted], Coroutine[Any, Any, None]] | None = None
+    actions: list[tuple[float, Callable[[], object]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.asr = self.asr or FakeASR(self.texts)
@@ -56,6 +57,11 @@ class Call:
             vad=self.vad, asr=self.asr, tts=self.tts, agent=self.agent, playout=self.playout,
             settings=self.settings, on_event=self._record, on_turn=self.on_turn,
         )  # fmt: skip
+
+    def at(self, t: float, action: Callable[[], object]) -> None:
+        """Run ``action`` once the timeline reaches ``t`` seconds (e.g. the agent is told to say
+        something while the caller is mid-sentence)."""
+        self.actions.append((t, action))
 
     def _record(self, event: ConversationEvent) -> None:
         self.events.append(event)
@@ -69,6 +75,9 @@ class Call:
         for n in range(round(until_s / FRAME_S)):
             t = n * FRAME_S
             utterance = next((u for s, e, u in speech if s <= t < e), None)
+            for due in [a for a in self.actions if a[0] <= t + 1e-9]:
+                self.actions.remove(due)
+                due[1]()
             await self.conversation.feed(frame(utterance))
             out = self.playout.read_frame()
             self.sent.append((loop.time() - start, any(out)))

@@ -182,3 +182,18 @@ async def test_nodes_migrating_at_once_take_turns(store_url: str) -> None:
     finally:
         for db in nodes:
             await db.close()
+
+
+async def test_a_turn_keeps_its_fault_initiator_and_event(store: Store) -> None:
+    await store.touch_user("ann")
+    call = await store.start_call("ann", node_id="rtc-1")
+    prompt = await store.add_turn(
+        call.id, _turn(0, agent_text="Hi Ann.", agent_text_heard="Hi", initiator="agent", event_id="evt-7")
+    )
+    failed = await store.add_turn(call.id, _turn(5, user_text="Hello?", fault="llm: EngineTimeout: no token"))
+    stored = await store.get_call(call.id)
+    assert [(t.initiator, t.event_id, t.fault) for t in stored.turns] == [
+        ("agent", "evt-7", None),
+        ("user", None, "llm: EngineTimeout: no token"),
+    ]
+    assert (prompt.initiator, failed.fault) == ("agent", "llm: EngineTimeout: no token")

@@ -201,6 +201,8 @@ class CallSession:
             interrupted=turn.interrupted,
             metrics=turn.metrics,
             fault=turn.fault,
+            initiator=turn.initiator,
+            event_id=turn.event_id,
         )
         for attempt in range(1, TURN_WRITE_ATTEMPTS + 1):
             try:

@@ -70,6 +70,16 @@ class Agent:
             self.history.append(ChatMessage(role="assistant", tool_calls=calls))
             await self._run_tools(calls)
 
+    async def instructed(self, instructions: str) -> AsyncIterator[str]:
+        """The agent's own words for ``instructions`` (a proactive prompt), in the context of the
+        conversation so far. Nothing is remembered until the caller commits what was heard."""
+        prompt = self.settings.prompt_instructions.format(instructions=instructions)
+        messages = [*self.context(), ChatMessage(role="system", content=prompt)]
+        async with contextlib.aclosing(self.llm.stream(messages)) as deltas:
+            async for delta in deltas:
+                if delta.text:
+                    yield delta.text
+
     async def _run_tools(self, calls: Sequence[ToolCall]) -> None:
         task = asyncio.create_task(self._execute(calls))
         self.tool_tasks.add(task)

@@ -52,6 +52,7 @@ from voiceagent.pipeline.frames import (
 )
 from voiceagent.pipeline.playout import Playout
 from voiceagent.pipeline.settings import ConversationSettings
+from voiceagent.pipeline.speech import PromptQueue, SpeechHandle, SpeechOutcome, SpeechResult
 from voiceagent.pipeline.turns import COMPLETE_ENDINGS, end_of_turn_silence
 from voiceagent.store.records import TurnMetrics
 
@@ -81,6 +82,7 @@ class _Turn:
         self.first_audio_s: float | None = None
         self.spoken: list[str] = []
         self.fault: str | None = None  # the first contained failure of this turn
+        self.prompt: SpeechHandle | None = None  # set when the agent speaks first (no user turn)
 
 
 class Conversation:
@@ -123,6 +125,9 @@ class Conversation:
         self._vad_failing = False
         self._vad_offset_s = 0.0  # stream time at which the current VAD stream began
         self._stuck_since_s: float | None = None
+        self._prompts = PromptQueue()
+        self._last_voiced_s = -1e9  # stream time of the last voiced frame
+        self._closing = False
 
     # -- clock and events --------------------------------------------------------------------
 
@@ -178,6 +183,7 @@ class Conversation:
             self._on_vad(event)
         voiced = result.probability >= self.settings.voiced_probability
         if voiced:
+            self._last_voiced_s = self._stream_s
             self._maybe_interrupt()  # counts voiced audio only, not VAD's trailing hang-over
         if result.speaking:
             self._maybe_partial()
@@ -187,6 +193,7 @@ class Conversation:
                 await self._end_user_turn()
             elif len(self._listening.audio) >= self.settings.max_utterance_s * BYTES_PER_S:
                 await self._cut_long_utterance()
+        self._maybe_start_prompt()
         self._watch_for_stuck_state()
 
     async def _detect_voice(self, pcm: bytes) -> VADResult:
@@ -335,6 +342,60 @@ class Conversation:
         self._replying = turn
         self._reply = self._spawn(self._respond(turn), name=f"reply-{turn.index}")
 
+    # -- speech the agent starts itself ------------------------------------------------------
+
+    def say(
+        self,
+        text: str | None = None,
+        *,
+        instructions: str | None = None,
+        priority: int = 0,
+        allow_interruptions: bool = True,
+        expires_in_s: float | None = None,
+        replaces: str | None = None,
+        event_id: str | None = None,
+    ) -> SpeechHandle:
+        """Say something no user turn asked for: ``text`` as it is, or ``instructions`` the LLM
+        phrases in the call's language and context. It starts at the next safe point (the agent
+        silent and idle, the caller not speaking), within ``conversation.prompt_max_wait_s`` or
+        never; the handle says whether it was heard to the end, interrupted, or dropped."""
+        now = self.now()
+        handle = SpeechHandle(
+            text=text,
+            instructions=instructions,
+            priority=priority,
+            allow_interruptions=allow_interruptions,
+            expires_at_s=None if expires_in_s is None else now + expires_in_s,
+            give_up_at_s=now + self.settings.prompt_max_wait_s,
+            replaces=replaces,
+            event_id=event_id,
+        )
+        if self._closing:
+            handle.drop("call_ended")
+        else:
+            self._prompts.add(handle)
+        return handle
+
+    def _safe_point(self) -> bool:
+        idle = self.state == AgentState.LISTENING and (self._reply is None or self._reply.done())
+        caller_quiet = self._listening is None and (
+            self._stream_s - self._last_voiced_s >= self.settings.prompt_after_quiet_s
+        )
+        return idle and caller_quiet and self.playout.queued_s == 0
+
+    def _maybe_start_prompt(self) -> None:
+        if not len(self._prompts):
+            return
+        self._prompts.expire(self.now())
+        if not self._safe_point() or (handle := self._prompts.pop()) is None:
+            return
+        handle.started = True
+        self._turns += 1
+        turn = _Turn(self._turns, self.now())
+        turn.prompt = handle
+        self._replying = turn
+        self._reply = self._spawn(self._respond(turn), name=f"prompt-{turn.index}")
+
     # -- the reply ---------------------------------------------------------------------------
 
     async def _respond(self, turn: _Turn) -> None:
@@ -357,7 +418,12 @@ class Conversation:
         self.playout.start_reply()
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         producer: asyncio.Task[None] | None = None
-        if turn.text:
+        if turn.prompt is not None and turn.prompt.text is not None:  # said as written
+            chunker = SentenceChunker()
+            for sentence in [*chunker.push(turn.prompt.text), *chunker.flush()]:
+                sentences.put_nowait(sentence)
+            sentences.put_nowait(None)
+        elif turn.text or turn.prompt is not None:
             producer = asyncio.create_task(self._think(turn, sentences))
         else:  # nothing to ask the LLM about (the transcript failed): apologise instead
             sentences.put_nowait(self.settings.fallback_line)
@@ -380,8 +446,12 @@ class Conversation:
         the unfinished words; between sentences, the reply simply ends there."""
         chunker = SentenceChunker(first_clause_words=self.settings.first_clause_words)
         produced = False
+        if turn.prompt is not None and turn.prompt.instructions is not None:
+            deltas = self.agent.instructed(turn.prompt.instructions)
+        else:
+            deltas = self.agent.reply(turn.text)
         try:
-            async for delta in self.agent.reply(turn.text):
+            async for delta in deltas:
                 if turn.first_token_s is None:
                     turn.first_token_s = self.now()
                 for sentence in chunker.push(delta):
@@ -399,9 +469,9 @@ class Conversation:
                     produced = True
                 else:
                     unfinished = True
-            if not produced:
+            if not produced and turn.prompt is None:  # a prompt nobody asked for is simply dropped
                 sentences.put_nowait(self.settings.fallback_line)
-            elif unfinished:
+            elif produced and unfinished:
                 sentences.put_nowait(self.settings.cut_off_line)
         finally:
             sentences.put_nowait(None)
@@ -411,7 +481,7 @@ class Conversation:
         while (sentence := await sentences.get()) is not None:
             tried_fallback = tried_fallback or sentence == self.settings.fallback_line
             await self._say(turn, sentence)
-        if not turn.spoken and turn.fault is not None and not tried_fallback:
+        if not turn.spoken and turn.fault is not None and not tried_fallback and turn.prompt is None:
             await self._say(turn, self.settings.fallback_line)  # every sentence failed to speak
 
     async def _say(self, turn: _Turn, sentence: str) -> None:
@@ -441,6 +511,9 @@ class Conversation:
 
     def _maybe_interrupt(self) -> None:
         if self._barge_in_from_s is None or self._reply is None or self._reply.done():
+            return
+        prompt = self._replying.prompt if self._replying is not None else None
+        if prompt is not None and not prompt.allow_interruptions:
             return
         if self._stream_s - self._barge_in_from_s < self.settings.interrupt_min_speech_s:
             return
@@ -475,10 +548,23 @@ class Conversation:
             interrupted=interrupted,
             metrics=self._metrics(turn),
             fault=turn.fault,
+            initiator="user" if turn.prompt is None else "agent",
+            event_id=turn.prompt.event_id if turn.prompt is not None else None,
         )
+        if turn.prompt is not None:
+            turn.prompt.settle(self._prompt_result(turn, heard=heard, interrupted=interrupted))
         self._emit(completed)
         if self._on_turn is not None:
             self._spawn(self._on_turn(completed), name=f"turn-{turn.index}-record")
+
+    def _prompt_result(self, turn: _Turn, *, heard: str, interrupted: bool) -> SpeechResult:
+        if self._closing:
+            return SpeechResult(outcome=SpeechOutcome.DROPPED, heard=heard, reason="call_ended")
+        if interrupted:
+            return SpeechResult(outcome=SpeechOutcome.INTERRUPTED, heard=heard)
+        if not turn.spoken:  # its text could not be produced or spoken
+            return SpeechResult(outcome=SpeechOutcome.DROPPED, reason="failed")
+        return SpeechResult(outcome=SpeechOutcome.PLAYED, heard=heard)
 
     # -- the watchdog ------------------------------------------------------------------------
 
@@ -517,6 +603,8 @@ class Conversation:
 
     async def close(self) -> None:
         """Hang up: stop the reply, let started tools finish, release per-call state."""
+        self._closing = True
+        self._prompts.drop_all("call_ended")
         for task in (self._reply, self._partial):
             if task is not None and not task.done():
                 task.cancel()

@@ -54,6 +54,8 @@ class TurnCompleted(_Event):
     interrupted: bool
     metrics: TurnMetrics
     fault: str | None = None  # "stage: what failed" when an engine or a bug cut this turn short
+    initiator: Literal["user", "agent"] = "user"  # "agent": a prompt no user turn asked for
+    event_id: str | None = None  # the outreach event a prompt came from
 
 
 FaultStage = Literal["vad", "asr", "asr_partial", "llm", "tts", "reply", "turn_end", "background"]

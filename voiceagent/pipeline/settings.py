@@ -37,5 +37,13 @@ class ConversationSettings(BaseModel):
     fallback_line: str = "Sorry, I lost my train of thought. Could you say that again?"
     # Said instead of an unfinished sentence when the LLM fails after the reply began.
     cut_off_line: str = "Sorry, I lost my train of thought there."
+    # Prompts the agent starts itself wait for a safe point: the agent idle and the caller quiet
+    # this long. Past prompt_max_wait_s without one, a prompt is given back, never forced.
+    prompt_after_quiet_s: float = Field(0.6, ge=0)
+    prompt_max_wait_s: float = Field(30.0, gt=0)
+    prompt_instructions: str = (
+        "Now say this to the user yourself, as one or two short spoken sentences in the language "
+        "of the conversation, without mentioning these instructions: {instructions}"
+    )
     # THINKING/SPEAKING with no reply task and no audio queued this long is a bug: reset to LISTENING.
     stuck_state_s: float = Field(2.0, gt=0)

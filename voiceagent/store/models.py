@@ -66,7 +66,10 @@ class Call(Base):
 
 class Turn(Base):
     __tablename__ = "turns"
-    __table_args__ = (UniqueConstraint("call_id", "index", name="uq_turns_call_index"),)
+    __table_args__ = (
+        UniqueConstraint("call_id", "index", name="uq_turns_call_index"),
+        Index("ix_turns_event_id", "event_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
@@ -79,6 +82,8 @@ class Turn(Base):
     agent_text_heard: Mapped[str] = mapped_column(Text, default="")
     interrupted: Mapped[bool] = mapped_column(default=False)
     fault: Mapped[str | None] = mapped_column(String(300))
+    initiator: Mapped[str] = mapped_column(String(16), default="user", server_default="user")
+    event_id: Mapped[str | None] = mapped_column(String(64))
     endpointing_s: Mapped[float | None] = mapped_column(Float)
     asr_s: Mapped[float | None] = mapped_column(Float)
     llm_first_token_s: Mapped[float | None] = mapped_column(Float)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -49,6 +49,8 @@ class NewTurn(BaseModel):
     interrupted: bool = False
     metrics: TurnMetrics = TurnMetrics()
     fault: str | None = Field(None, max_length=300)  # "stage: error" when a failure cut the turn short
+    initiator: Literal["user", "agent"] = "user"  # "agent": a prompt the agent started itself
+    event_id: str | None = Field(None, max_length=64)  # the outreach event behind a prompt
 
 
 class TurnRecord(_Record):
@@ -63,6 +65,8 @@ class TurnRecord(_Record):
     interrupted: bool
     metrics: TurnMetrics
     fault: str | None = None
+    initiator: Literal["user", "agent"] = "user"
+    event_id: str | None = None
 
 
 class CallRecord(_Record):

@@ -36,6 +36,8 @@ def _turn_record(turn: Turn) -> TurnRecord:
         interrupted=turn.interrupted,
         metrics=TurnMetrics.model_validate(turn),
         fault=turn.fault,
+        initiator=turn.initiator,
+        event_id=turn.event_id,
     )
 
 
@@ -112,6 +114,8 @@ class Store:
                 agent_text_heard=turn.agent_text_heard,
                 interrupted=turn.interrupted,
                 fault=turn.fault,
+                initiator=turn.initiator,
+                event_id=turn.event_id,
                 **turn.metrics.model_dump(),
             )
             session.add(row)
