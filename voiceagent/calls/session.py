@@ -17,13 +17,20 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 from voiceagent.engines.registry import CallEngines
 from voiceagent.observability.metrics import Metrics
 from voiceagent.pipeline.agent import Agent
 from voiceagent.pipeline.conversation import Conversation
-from voiceagent.pipeline.frames import ConversationEvent, Fault, Recovered, TurnCompleted
+from voiceagent.pipeline.frames import (
+    RECOVERY_REASONS,
+    ConversationEvent,
+    Fault,
+    FaultStage,
+    Recovered,
+    TurnCompleted,
+)
 from voiceagent.pipeline.playout import Playout
 from voiceagent.pipeline.settings import ConversationSettings
 from voiceagent.store import NewTurn
@@ -242,6 +249,11 @@ class CallManager:
         self.sessions: dict[str, CallSession] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reclaim: asyncio.TimerHandle | None = None
+        # Every series at 0 from the start, so "never happened" reads as 0, not as no data.
+        for stage in get_args(FaultStage):
+            metrics.call_faults.labels(stage=stage)
+        for reason in RECOVERY_REASONS:
+            metrics.call_recoveries.labels(reason=reason)
 
     async def start(self, sdp: str, type_: str, user_id: str | None) -> tuple[CallSession, str]:
         if not self.engines.ready:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -69,11 +69,15 @@ class Fault(_Event):
     message: str
 
 
+RecoveryReason = Literal["reply_task_gone", "no_reply_task"]
+RECOVERY_REASONS: tuple[RecoveryReason, ...] = get_args(RecoveryReason)
+
+
 class Recovered(_Event):
     """The watchdog found the conversation in a state no live task explains and reset it."""
 
     kind: Literal["recovered"] = "recovered"
-    reason: str
+    reason: RecoveryReason
     stuck_in: AgentState
 
 
