@@ -42,9 +42,11 @@ class Caller:
         self.mic.say(QUESTION)
         return since
 
-    async def wait_event(self, kind: str, since: int = 0, **match: Any) -> dict[str, Any]:
+    async def wait_event(
+        self, kind: str, since: int = 0, within_s: float = 20.0, **match: Any
+    ) -> dict[str, Any]:
         # Generous: only a deaf call takes this long.
-        return await self.call.wait_event(kind, since, within_s=20.0, **match)
+        return await self.call.wait_event(kind, since, within_s=within_s, **match)
 
     def lose_network(self) -> None:
         """No more RTP from the caller, and no goodbye either."""

@@ -276,3 +276,63 @@ async def test_a_burst_published_together_arrives_whole(event_bus: EventBus, uni
     for delivery in got:
         await sub.ack(delivery)
     await sub.close()
+
+
+async def test_a_slow_handler_neither_blocks_others_nor_loses_its_lease(
+    event_bus: EventBus, unique: Unique
+) -> None:
+    """With concurrency, three events whose handlers wait (as a prompt waits for a safe moment)
+    are all in hand at once; their messages stay hidden for three invisible periods, because the
+    lease is extended while the handler runs; each is handled once and acked."""
+    tag = unique("t")
+    sub = await event_bus.subscribe(unique("g"), ["outreach"], tag)
+    users = ["ann", "bob", "cy"]
+    for user in users:
+        await event_bus.publish(greet(user), tag=tag)
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def handler(e: object) -> None:
+        started.append(e.payload.user_id)  # type: ignore[attr-defined]
+        await release.wait()
+
+    consumer = EventConsumer(sub, handler, invisible_s=2.0, wait_s=1.0, concurrency=4)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(consumer.run(stop))
+    async with asyncio.timeout(20):
+        while len(started) < len(users):
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(6.0)  # three invisible periods: without the lease each would come back
+    release.set()
+    async with asyncio.timeout(20):
+        while consumer.stats.handled < len(users):
+            await asyncio.sleep(0.05)
+    stop.set()
+    await loop
+    assert sorted(started) == users  # handled once each: no redelivery while in hand
+    assert await sub.receive(wait_s=3.0) == []  # and acked
+    await sub.close()
+
+
+async def test_stopping_mid_handler_leaves_the_event_for_redelivery(
+    event_bus: EventBus, unique: Unique
+) -> None:
+    tag, group = unique("t"), unique("g")
+    sub = await event_bus.subscribe(group, ["outreach"], tag)
+    await event_bus.publish(greet("ann"), tag=tag)
+    in_hand = asyncio.Event()
+
+    async def never_done(e: object) -> None:
+        in_hand.set()
+        await asyncio.Event().wait()
+
+    consumer = EventConsumer(sub, never_done, invisible_s=2.0, wait_s=1.0, concurrency=2)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(consumer.run(stop))
+    await asyncio.wait_for(in_hand.wait(), 20)
+    stop.set()
+    await loop  # the handler is cancelled; its message is not acked
+    [again] = await receive_until(sub, 1, within_s=30.0, invisible_s=30.0)
+    assert again.event.payload.user_id == "ann"
+    await sub.ack(again)
+    await sub.close()

@@ -205,3 +205,17 @@ async def test_a_prompt_whose_words_cannot_be_produced_is_dropped_quietly() -> N
     assert call.tts.started == []  # no fallback line out of the blue
     [turn] = turns(call)
     assert turn.fault == "llm: ConnectionResetError: gone" and turn.initiator == "agent"
+
+
+async def test_a_caller_who_starts_speaking_as_a_prompt_starts_is_heard_not_taken_for_echo() -> None:
+    # The caller starts 20 ms after the prompt was started at a safe point: their speech began
+    # before the agent's audio, so it cannot be the agent's echo; it interrupts the prompt.
+    call = Call({0: "Hello, is anyone there?"}, [ScriptedReply(tokens=words("Yes, I am here."))])
+    prompts = Prompts(call)
+    prompts.at(1.0, "Hi Ann. I have news about your order. It shipped this morning.")
+    await call.run([(1.02, 2.5, 0)], until_s=7.0)
+
+    [result] = prompts.results()
+    assert result.outcome == SpeechOutcome.INTERRUPTED
+    answer = turns(call)[-1]
+    assert (answer.user_text, answer.agent_text) == ("Hello, is anyone there?", "Yes, I am here.")

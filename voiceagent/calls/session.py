@@ -281,6 +281,11 @@ class CallManager:
         task.add_done_callback(lambda _: self._forget(session.id))
         return session, answer
 
+    def session_of_user(self, user_id: str) -> CallSession | None:
+        """This node's live call with ``user_id`` (the newest, if they have several)."""
+        mine = [s for s in self.sessions.values() if s.user_id == user_id]
+        return max(mine, key=lambda s: s.started_at) if mine else None
+
     def _forget(self, call_id: str) -> None:
         self.sessions.pop(call_id, None)
         self._tasks.pop(call_id, None)

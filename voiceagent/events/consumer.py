@@ -29,7 +29,12 @@ class ConsumerStats:
 class EventConsumer:
     """Receive → skip duplicates → handle → ack. A failing handler leaves the message unacked so
     the broker redelivers it after ``invisible_s``; after ``max_attempts`` it goes to the dead-letter
-    topic. Broker errors pause the loop with backoff instead of ending it."""
+    topic. Broker errors pause the loop with backoff instead of ending it.
+
+    With ``concurrency`` above 1, up to that many events are handled at once, so one slow handler
+    (a prompt waiting for a safe moment in a call) never holds up the others. A handler that runs
+    long keeps its message invisible: the lease is extended every ``invisible_s / 2`` until the
+    handler returns, so the broker does not hand the same event to another consumer meanwhile."""
 
     def __init__(
         self,
@@ -42,7 +47,10 @@ class EventConsumer:
         batch: int = 16,
         wait_s: float = 5.0,
         error_backoff_s: float = 1.0,
+        concurrency: int = 1,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         self.subscription = subscription
         self.handler = handler
         self.dedup = dedup or Deduplicator()
@@ -51,13 +59,31 @@ class EventConsumer:
         self.batch = batch
         self.wait_s = wait_s
         self.error_backoff_s = error_backoff_s
+        self.concurrency = concurrency
         self.stats = ConsumerStats()
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._receive_until(stop)
+        finally:
+            # Stopping: handlers still running are cancelled; their messages stay unacked and come
+            # back to this group (on another node, or after a restart).
+            for task in self._in_flight:
+                task.cancel()
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def _receive_until(self, stop: asyncio.Event) -> None:
         backoff = self.error_backoff_s
         while not stop.is_set():
+            free = self.concurrency - len(self._in_flight)
+            if free <= 0:
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
             try:
-                deliveries = await self.subscription.receive(self.batch, self.invisible_s, self.wait_s)
+                deliveries = await self.subscription.receive(
+                    min(self.batch, free), self.invisible_s, self.wait_s
+                )
                 backoff = self.error_backoff_s
             except BusError as exc:
                 self.stats.receive_errors += 1
@@ -69,9 +95,29 @@ class EventConsumer:
                 backoff = min(backoff * 2, 30.0)
                 continue
             for delivery in deliveries:
-                await self._handle(delivery)
+                if self.concurrency == 1:
+                    await self._handle(delivery)
+                    continue
+                task = asyncio.create_task(self._handle(delivery), name=f"event-{delivery.event.id}")
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
 
     async def _handle(self, delivery: Delivery) -> None:
+        lease = asyncio.create_task(self._keep_invisible(delivery))
+        try:
+            await self._settle(delivery)
+        finally:
+            lease.cancel()
+
+    async def _keep_invisible(self, delivery: Delivery) -> None:
+        while True:
+            await asyncio.sleep(self.invisible_s / 2)
+            try:
+                await self.subscription.extend(delivery, self.invisible_s)
+            except BusError as exc:  # it may be redelivered; dedup makes a second run harmless
+                log.warning("could not extend message %s: %s", delivery.message.message_id, exc)
+
+    async def _settle(self, delivery: Delivery) -> None:
         key = delivery.event.idempotency_key
         try:
             if self.dedup.is_duplicate(key):

@@ -243,9 +243,12 @@ class Conversation:
 
     def _on_speech_start(self, at_stream_s: float) -> None:
         if self.state != AgentState.LISTENING:
-            echo_window_ends = self._speaking_since_s + self.settings.interrupt_warmup_s
-            if self.state == AgentState.SPEAKING and self._stream_to_clock(at_stream_s) < echo_window_ends:
-                return  # most likely the agent hearing itself
+            started = self._stream_to_clock(at_stream_s)
+            echo_window = (self._speaking_since_s, self._speaking_since_s + self.settings.interrupt_warmup_s)
+            # Speech that began in the agent's first moments is most likely its own echo; speech
+            # that began before the agent spoke (the caller started as a prompt did) is not.
+            if self.state == AgentState.SPEAKING and echo_window[0] <= started < echo_window[1]:
+                return
             self._barge_in_from_s = at_stream_s
             return
         self._end_at_s = None  # the user goes on: the turn is not over
