@@ -81,15 +81,14 @@ class Runtime:
         if self.settings.engines.preload:
             # Models load while the port already answers /healthz; /readyz waits for them.
             self._engines_loading = asyncio.create_task(self._load_engines(), name="load-engines")
+        else:
+            _freeze_what_lives_forever()
         self.started = True
         log.info("node %s started (store: %s)", self.settings.node_id, self.database.dialect)
 
     async def _load_engines(self) -> None:
         await self.engines.load()
-        # What is loaded now lives as long as the node: move it out of the collector's sight so
-        # the collections that free ended calls (see calls/session.py) only walk what came after.
-        gc.collect()
-        gc.freeze()
+        _freeze_what_lives_forever()
 
     async def stop(self) -> None:
         await self.calls.close_all()  # hang up first: calls use everything below
@@ -132,3 +131,11 @@ class Runtime:
         writer.close()
         await writer.wait_closed()
         return f"proxy {host}:{port} accepts connections"
+
+
+def _freeze_what_lives_forever() -> None:
+    """What is loaded by now (libraries, models) lives as long as the node: move it out of the
+    collector's sight, so the collections that free ended calls (calls/session.py) walk only what
+    came after (measured: ~115 ms a collection in the soak server without this)."""
+    gc.collect()
+    gc.freeze()

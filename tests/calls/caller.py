@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.transport.client import RemoteCall, SpeechSource, place_call, tone
-from voiceagent.calls.session import CallManager, CallStore
+from voiceagent.calls.session import RECLAIM_EVERY_S, CallManager, CallStore
 from voiceagent.observability.metrics import Metrics
 from voiceagent.pipeline.settings import ConversationSettings
 from voiceagent.testing.fakes import FakeEngineSource
@@ -142,8 +142,9 @@ async def run_calls(manager: CallManager, numbers: range, at_once: int) -> None:
 
 async def settle(manager: CallManager, baseline: Footprint) -> Footprint:
     """Wait (boundedly, and without collecting garbage) for teardown that finishes in the
-    background: aiortc closes sockets and tasks a little after a peer connection closes."""
-    for _ in range(100):
+    background: aiortc closes sockets and tasks a little after a peer connection closes, and the
+    node collects ended calls' garbage at most every RECLAIM_EVERY_S."""
+    for _ in range(int((RECLAIM_EVERY_S + 10) * 10)):
         now = Footprint.now(manager, count_objects=False)
         settled = (
             now.sessions == 0

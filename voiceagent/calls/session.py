@@ -46,6 +46,7 @@ TURN_WRITE_BACKOFF_S = 0.5
 # native threads. So once calls have ended (debounced: one collection per burst of hang-ups), the
 # node collects. The runtime freezes everything loaded at start-up, which keeps this cheap.
 RECLAIM_AFTER_S = 3.0
+RECLAIM_EVERY_S = 30.0  # at most this often: each collection holds up the event loop (gc_seconds)
 
 
 class EnginesLoading(RuntimeError):
@@ -249,6 +250,7 @@ class CallManager:
         self.sessions: dict[str, CallSession] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reclaim: asyncio.TimerHandle | None = None
+        self._reclaimed_at = -RECLAIM_EVERY_S  # loop time of the last collection
         # Every series at 0 from the start, so "never happened" reads as 0, not as no data.
         for stage in get_args(FaultStage):
             metrics.call_faults.labels(stage=stage)
@@ -290,10 +292,13 @@ class CallManager:
         self.sessions.pop(call_id, None)
         self._tasks.pop(call_id, None)
         if self._reclaim is None:
-            self._reclaim = asyncio.get_running_loop().call_later(RECLAIM_AFTER_S, self._collect_ended_calls)
+            loop = asyncio.get_running_loop()
+            due = max(loop.time() + RECLAIM_AFTER_S, self._reclaimed_at + RECLAIM_EVERY_S)
+            self._reclaim = loop.call_at(due, self._collect_ended_calls)
 
     def _collect_ended_calls(self) -> None:
         self._reclaim = None
+        self._reclaimed_at = asyncio.get_running_loop().time()
         started = time.perf_counter()
         found = gc.collect()
         self.metrics.gc_seconds.observe(time.perf_counter() - started)
