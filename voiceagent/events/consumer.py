@@ -33,7 +33,7 @@ class EventConsumer:
 
     With ``concurrency`` above 1, up to that many events are handled at once, so one slow handler
     (a prompt waiting for a safe moment in a call) never holds up the others. A handler that runs
-    long keeps its message invisible: the lease is extended every ``invisible_s / 2`` until the
+    long keeps its message invisible: the lease is extended every ``invisible_s / 3`` until the
     handler returns, so the broker does not hand the same event to another consumer meanwhile."""
 
     def __init__(
@@ -111,7 +111,7 @@ class EventConsumer:
 
     async def _keep_invisible(self, delivery: Delivery) -> None:
         while True:
-            await asyncio.sleep(self.invisible_s / 2)
+            await asyncio.sleep(self.invisible_s / 3)  # two chances before the lease runs out
             try:
                 await self.subscription.extend(delivery, self.invisible_s)
             except BusError as exc:  # it may be redelivered; dedup makes a second run harmless
