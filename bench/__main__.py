@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import asr_vad, call_memory, calls, events, foundation, llm, memory, soak, tts
+from bench import asr_vad, call_memory, calls, events, foundation, intents, llm, memory, outreach, soak, tts
 from bench.results import RESULTS_MD, save
 
 SUITES = {
@@ -16,6 +16,8 @@ SUITES = {
     "calls": calls.run,
     "memory": memory.run,
     "call_memory": call_memory.run,
+    "intents": intents.run,
+    "outreach": outreach.run,
     "soak": soak.run,  # 30 minutes (SOAK_MINUTES); last, so a long run does not hold up the rest
 }
 

@@ -83,6 +83,24 @@ def _parser() -> argparse.ArgumentParser:
     current = db_commands.add_parser("current", parents=[common], help="print the schema revision")
     current.set_defaults(handler=_cmd_db_current)
 
+    outreach = commands.add_parser("outreach", help="proactive outreach: send a prompt by hand")
+    outreach_commands = outreach.add_subparsers(title="outreach commands", metavar="ACTION", required=True)
+    send = outreach_commands.add_parser(
+        "send", parents=[common], help="greet or ask a user (their live call, or their next one)"
+    )
+    send.add_argument("--user", required=True, help="the user id")
+    said = send.add_mutually_exclusive_group(required=True)
+    said.add_argument("--text", help="greet with exactly these words")
+    said.add_argument("--ask", metavar="QUESTION", help="ask this question")
+    said.add_argument("--reason", help="greet about this; the agent phrases it")
+    send.add_argument("--expires-in", type=float, default=3600.0, metavar="SECONDS", help="default 3600")
+    send.add_argument("--key", help="idempotency key: the same key twice is one event")
+    send.set_defaults(handler=_cmd_outreach_send)
+    run = outreach_commands.add_parser(
+        "run", parents=[common], help="run the scheduled jobs (intent analysis, check-ins) until stopped"
+    )
+    run.set_defaults(handler=_cmd_outreach_run)
+
     broker = commands.add_parser("broker", help="a local Apache RocketMQ 5 for development and tests")
     broker_commands = broker.add_subparsers(title="broker commands", metavar="ACTION", required=True)
     fetch = broker_commands.add_parser("fetch", parents=[common], help="download the server jars (Maven)")
@@ -104,6 +122,7 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every firing at INFO
 
 
 def _cmd_config_show(settings: Settings, _: argparse.Namespace) -> int:
@@ -157,6 +176,129 @@ def _cmd_db_current(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{revision or 'base'} (head: {head})")
 
     return _with_database(current)(settings, args)
+
+
+def _cmd_outreach_send(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from pydantic import ValidationError
+
+    from voiceagent.events import EventBus, PublishFailed
+    from voiceagent.events.factory import create_transport
+    from voiceagent.outreach.ledger import OutreachLedger
+    from voiceagent.outreach.manual import OutreachRequest
+    from voiceagent.outreach.publisher import OutreachPublisher
+    from voiceagent.outreach.registry import SessionRegistry
+    from voiceagent.server.errors import describe_validation_error
+
+    try:
+        request = OutreachRequest(
+            user_id=args.user,
+            type="ask" if args.ask else "greet",
+            text=args.ask or args.text,
+            reason=args.reason or "",
+            expires_in_s=args.expires_in,
+            idempotency_key=args.key,
+        )
+    except ValidationError as exc:
+        print(f"voiceagent: error: {describe_validation_error(exc, 'request')}", file=sys.stderr)
+        return EXIT_USAGE
+    if _refuse_inprocess(settings):
+        return EXIT_FAILURE
+
+    async def go() -> int:
+        database = Database(settings.store)
+        transport = create_transport(settings.events)
+        try:
+            await database.ping()
+            await transport.start()
+            publisher = OutreachPublisher(
+                EventBus(transport, settings.events),
+                OutreachLedger(database),
+                SessionRegistry(database, settings.outreach.stale_after_s),
+                f"cli@{settings.node_id}",
+            )
+            result = await publisher.publish(request.to_event())
+        except PublishFailed as exc:
+            print(f"voiceagent: error: not published: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        finally:
+            await transport.close()
+            await database.close()
+        print(json.dumps(result.model_dump()))
+        return EXIT_OK
+
+    return asyncio.run(go())
+
+
+def _refuse_inprocess(settings: Settings) -> bool:
+    if settings.events.backend != "inprocess":
+        return False
+    print(
+        "voiceagent: error: events.backend is inprocess: only a server node's own bus could carry "
+        "this; use the node (POST /api/outreach, outreach.scheduler.enabled), or the rocketmq backend",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _cmd_outreach_run(settings: Settings, _: argparse.Namespace) -> int:
+    if _refuse_inprocess(settings):
+        return EXIT_FAILURE
+    stop = asyncio.Event()
+
+    async def go() -> None:
+        from voiceagent.engines.embeddings.e5 import E5Embeddings
+        from voiceagent.events import EventBus
+        from voiceagent.events.factory import create_transport
+        from voiceagent.outreach.intent_store import IntentStore, user_turns_after
+        from voiceagent.outreach.ledger import OutreachLedger
+        from voiceagent.outreach.process import analyzers_for, run_outreach_process
+        from voiceagent.outreach.publisher import OutreachPublisher
+        from voiceagent.outreach.registry import SessionRegistry
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        database = Database(settings.store)
+        transport = create_transport(settings.events)
+        embeddings = None
+        try:
+            await database.ping()
+            if settings.store.migrate_on_start:
+                await database.migrate()
+            await transport.start()
+            if "embedding" in settings.outreach.analysis.backends:
+                embeddings = await asyncio.to_thread(E5Embeddings, settings.engines.embeddings)
+            publisher = OutreachPublisher(
+                EventBus(transport, settings.events),
+                OutreachLedger(database),
+                SessionRegistry(database, settings.outreach.stale_after_s),
+                f"scheduler@{settings.node_id}",
+            )
+            log.info("outreach scheduler running (node %s); Ctrl-C stops it", settings.node_id)
+            await run_outreach_process(
+                settings,
+                stop,
+                database=database,
+                publisher=publisher,
+                analyzers=analyzers_for(settings, embeddings),
+                intent_store=IntentStore(database),
+                read_turns=user_turns_after,
+            )
+        finally:
+            if embeddings is not None:
+                embeddings.close()
+            await transport.close()
+            await database.close()
+
+    try:
+        asyncio.run(go())
+    except ValueError as exc:  # a bad intents file or cron expression, worded for the operator
+        print(f"voiceagent: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    log.info("outreach scheduler stopped")
+    return EXIT_OK
 
 
 def _cmd_broker(settings: Settings, args: argparse.Namespace) -> int:

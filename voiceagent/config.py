@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from voiceagent.engines.settings import EngineSettings
 from voiceagent.pipeline.settings import ConversationSettings
@@ -157,6 +165,62 @@ class LLMSettings(_Section):
     local: LocalLLMSettings = LocalLLMSettings()
 
 
+class JobSchedule(_Section):
+    """When a scheduled job runs: every ``interval_s`` seconds, or on a crontab expression (UTC)."""
+
+    enabled: bool = True
+    interval_s: float | None = Field(None, gt=0)
+    cron: str | None = Field(None, description="crontab, e.g. '*/5 * * * *' (minute hour day month weekday)")
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> JobSchedule:
+        if (self.interval_s is None) == (self.cron is None):
+            raise ValueError("set exactly one of interval_s or cron")
+        return self
+
+
+class SchedulerSettings(_Section):
+    # Run the outreach jobs inside this server node; `voiceagent outreach run` runs them on their own.
+    enabled: bool = False
+    # A restarted scheduler runs the newest slot it missed once (never every missed slot).
+    catch_up: bool = True
+    analysis: JobSchedule = JobSchedule(interval_s=300)
+    checkin: JobSchedule = JobSchedule(interval_s=10)
+
+
+class AnalysisSettings(_Section):
+    # Each backend reads the same turns; "llm" needs llm.base_url pointing at a capable model.
+    backends: list[Literal["embedding", "llm"]] = ["embedding"]
+    min_confidence: float = Field(0.5, ge=0, le=1)
+    batch_turns: int = Field(5000, ge=1, description="turns read per database round trip")
+
+
+class OutreachRules(_Section):
+    greet_returning: bool = True  # a user with an open intent is greeted by it (pending till they call)
+    greet_expires_s: float = Field(7 * 86400, gt=0)
+    checkin_after_silence_s: float = Field(20.0, gt=0)  # a live call this quiet gets one check-in
+    checkin_text: str = Field("Are you still there? I'm here if you need anything.", min_length=1)
+    checkin_expires_s: float = Field(30.0, gt=0)
+
+
+class OutreachSettings(_Section):
+    enabled: bool = True  # this node speaks outreach events in its calls
+    intents_file: str = "configs/intents.yaml"
+    # Whether a caller's claimed user_id is trusted before a pending (possibly personal) prompt is
+    # spoken to them. Until signed caller identity exists, only a deployment that authenticates
+    # callers in front of VoiceAgent should leave this on; see outreach/identity.py.
+    trust_claimed_user_ids: bool = True
+    heartbeat_s: float = Field(5.0, gt=0)  # a node refreshes its calls in the registry this often
+    stale_after_s: float = Field(20.0, gt=0)  # a registry entry not refreshed this long is a dead node's
+    claim_s: float = Field(30.0, gt=0)  # a node holds an event this long per claim (renewed while it waits)
+    invisible_s: float = Field(30.0, gt=0)  # the broker hides a received event this long (extended)
+    concurrency: int = Field(64, ge=1)  # events handled at once per node (most just wait for a safe point)
+    max_attempts: int = Field(20, ge=1)  # deliveries before an event is dead-lettered
+    scheduler: SchedulerSettings = SchedulerSettings()
+    analysis: AnalysisSettings = AnalysisSettings()
+    rules: OutreachRules = OutreachRules()
+
+
 class Settings(_Section):
     node_id: str = Field(default_factory=socket.gethostname, min_length=1)
     server: ServerSettings = ServerSettings()
@@ -166,6 +230,7 @@ class Settings(_Section):
     engines: EngineSettings = EngineSettings()
     conversation: ConversationSettings = ConversationSettings()
     transport: TransportSettings = TransportSettings()
+    outreach: OutreachSettings = OutreachSettings()
 
 
 Layer = tuple[str, Mapping[str, Any]]

@@ -21,6 +21,8 @@ from voiceagent.events import EventBus
 from voiceagent.events.factory import create_transport
 from voiceagent.observability.metrics import Metrics
 from voiceagent.observability.readiness import Readiness
+from voiceagent.outreach.node import OutreachNode
+from voiceagent.outreach.scheduler import OutreachScheduler
 from voiceagent.store import Database, Store, StoreUnavailable
 from voiceagent.transport.webrtc import WebRTCGateway
 
@@ -48,6 +50,16 @@ class Runtime:
             settings=settings.conversation,
             node_id=settings.node_id,
         )
+        self.outreach = OutreachNode(
+            calls=self.calls,
+            bus=self.events,
+            database=self.database,
+            settings=settings.outreach,
+            node_id=settings.node_id,
+        )
+        self.scheduler: OutreachScheduler | None = (
+            None  # outreach.scheduler.enabled: started with the engines
+        )
         self.readiness = Readiness(self.metrics)
         self._http = httpx.AsyncClient(timeout=settings.llm.request_timeout_s)
         self.readiness.add("store", self._probe_store)
@@ -72,6 +84,7 @@ class Runtime:
                         f"database schema is at {current or 'nothing'}, this version needs {head}: "
                         "run `voiceagent db upgrade` or set store.migrate_on_start"
                     )
+            await self.outreach.start()
         except StoreUnavailable as exc:
             await self.stop()
             raise StartupError(str(exc)) from exc
@@ -89,9 +102,34 @@ class Runtime:
     async def _load_engines(self) -> None:
         await self.engines.load()
         _freeze_what_lives_forever()
+        if self.settings.outreach.scheduler.enabled:
+            await self._start_scheduler()
+
+    async def _start_scheduler(self) -> None:
+        """The outreach jobs in this node (on its embeddings engine); other nodes or `voiceagent
+        outreach run` may run them too: the run ledger gives each slot to one of them."""
+        from voiceagent.outreach.intent_store import IntentStore, user_turns_after
+        from voiceagent.outreach.process import analyzers_for, build_scheduler
+
+        try:
+            self.scheduler = build_scheduler(
+                self.settings,
+                self.database,
+                publisher=self.outreach.publisher,
+                analyzers=analyzers_for(self.settings, self.engines.embeddings),
+                intent_store=IntentStore(self.database),
+                read_turns=user_turns_after,
+            )
+            await self.scheduler.start()
+        except ValueError as exc:  # a bad intents file or cron expression: the calls go on
+            log.error("outreach scheduler not started: %s", exc)
 
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+            self.scheduler = None
         await self.calls.close_all()  # hang up first: calls use everything below
+        await self.outreach.stop()
         if self._engines_loading is not None:
             # Loads run in worker threads and cannot be interrupted; let them land, then close.
             await asyncio.wait([self._engines_loading], timeout=30)

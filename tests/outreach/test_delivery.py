@@ -1,63 +1,90 @@
-"""Outreach events to spoken prompts on one node: the event is acked only once the prompt was
-heard to the end; a prompt that was not (the caller hung up mid-way, or is not in a call here)
-leaves it for redelivery, and the redelivered event is spoken in the user's next call.
-In-process bus, fake engines, real aiortc callers."""
+"""Outreach events to spoken prompts on one node (in-process bus, SQLite ledger, fake engines,
+real aiortc callers): spoken once, only in the right call, acked once heard; a prompt that was not
+heard, or an event for a user with no call, waits in the ledger and opens the user's next call."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 
 import pytest
 
-from tests.calls.caller import dial
+from tests.calls.caller import Caller, dial
 from tests.events.conftest import event_settings
 from voiceagent.calls.session import CallManager
-from voiceagent.events import AskEvent, AskPayload, EventBus, EventConsumer, GreetEvent, GreetPayload
+from voiceagent.config import OutreachSettings
+from voiceagent.events import AskEvent, AskPayload, EventBus, GreetEvent, GreetPayload
+from voiceagent.events.envelope import expiring_in, utcnow
 from voiceagent.events.factory import create_transport
-from voiceagent.outreach.delivery import OutreachDelivery
+from voiceagent.outreach.ledger import EventRecord, Status
+from voiceagent.outreach.node import OutreachNode
+from voiceagent.testing.fakes import FlakyStore
 
 pytestmark = pytest.mark.integration  # real aiortc peers and real time
 
 NEWS = "Hi Ann. Your order shipped this morning and arrives on Friday."
+SETTINGS = OutreachSettings(heartbeat_s=0.5, stale_after_s=3.0, claim_s=3.0, invisible_s=2.0, max_attempts=50)
+
+
+async def start_node(manager: CallManager, store: FlakyStore, settings: OutreachSettings) -> OutreachNode:
+    events = event_settings("inprocess")
+    transport = create_transport(events)
+    await transport.start()
+    node = OutreachNode(
+        calls=manager,
+        bus=EventBus(transport, events),
+        database=store.store.database,
+        settings=settings,
+        node_id="test-node",
+    )
+    await node.start()
+    return node
 
 
 @pytest.fixture
-async def outreach(manager: CallManager) -> AsyncIterator[tuple[EventBus, EventConsumer]]:
-    settings = event_settings("inprocess")
-    transport = create_transport(settings)
-    await transport.start()
-    bus = EventBus(transport, settings)
-    subscription = await bus.subscribe("rtc-node-1", ["outreach"])
-    consumer = EventConsumer(
-        subscription, OutreachDelivery(manager), invisible_s=2.0, wait_s=0.5, concurrency=8, max_attempts=20
-    )
-    stop = asyncio.Event()
-    running = asyncio.create_task(consumer.run(stop))
-    yield bus, consumer
-    stop.set()
-    await running
-    await subscription.close()
-    await transport.close()
+async def node(manager: CallManager, store: FlakyStore) -> AsyncIterator[OutreachNode]:
+    node = await start_node(manager, store, SETTINGS)
+    yield node
+    await manager.close_all()
+    await node.stop()
+    await node.bus.transport.close()
 
 
-async def until(condition: object, within_s: float = 20.0) -> None:
+async def until(condition: Callable[[], object], within_s: float = 20.0) -> None:
     async with asyncio.timeout(within_s):  # generous: only a lost event takes this long
-        while not condition():  # type: ignore[operator]
+        while not condition():
             await asyncio.sleep(0.05)
 
 
+async def status_of(node: OutreachNode, event_id: str, wanted: Status, within_s: float = 20.0) -> EventRecord:
+    async with asyncio.timeout(within_s):
+        while True:
+            record = await node.ledger.get(event_id)
+            if record is not None and record.status == wanted:
+                return record
+            await asyncio.sleep(0.05)
+
+
+def prompts(caller: Caller) -> list[dict[str, object]]:
+    return [e for e in caller.events if e.get("kind") == "turn" and e.get("initiator") == "agent"]
+
+
 async def test_a_greeting_is_spoken_in_the_users_call_and_acked_once_heard(
-    manager: CallManager, outreach: tuple[EventBus, EventConsumer]
+    manager: CallManager, node: OutreachNode
 ) -> None:
-    bus, consumer = outreach
     ann, bob = await dial(manager, user_id="ann"), await dial(manager, user_id="bob")
+    await until(lambda: len(node._registered) == 2)
     event = GreetEvent(payload=GreetPayload(user_id="ann", text=NEWS))
-    await bus.publish(event)
+    result = await node.publisher.publish(event)
+    assert result.routed_to == "test-node"  # the registry placed Ann's call
 
     turn = await ann.wait_event("turn", 0, initiator="agent")
     assert (turn["agent_text"], turn["agent_text_heard"], turn["event_id"]) == (NEWS, NEWS, event.id)
-    await until(lambda: consumer.stats.handled == 1)  # acked after the prompt played out
+    record = await status_of(node, event.id, Status.ACKED)
+    stages = [s.stage for s in record.stages]
+    assert stages == ["decided", "published", "routed", "spoken", "heard", "acked"]
+    assert record.call_id == ann.call_id
     assert not [e for e in bob.events if e.get("kind") == "agent_text"]  # only Ann's call spoke
     # Ann answers; that is an ordinary turn of the same call.
     since = ann.ask()
@@ -68,40 +95,115 @@ async def test_a_greeting_is_spoken_in_the_users_call_and_acked_once_heard(
 
 
 async def test_one_waiting_prompt_does_not_hold_up_another_users(
-    manager: CallManager, outreach: tuple[EventBus, EventConsumer]
+    manager: CallManager, node: OutreachNode
 ) -> None:
-    bus, consumer = outreach
     ann, bob = await dial(manager, user_id="ann"), await dial(manager, user_id="bob")
     since = ann.ask()
     await ann.wait_event("transcript", since, final=True)  # her reply is in flight: Ann's prompt waits
-    await bus.publish(AskEvent(payload=AskPayload(user_id="ann", question="Did your jacket arrive?")))
-    await bus.publish(AskEvent(payload=AskPayload(user_id="bob", question="Is the booking still on?")))
+    await node.publisher.publish(
+        AskEvent(payload=AskPayload(user_id="ann", question="Did your jacket arrive?"))
+    )
+    await node.publisher.publish(
+        AskEvent(payload=AskPayload(user_id="bob", question="Is the booking still on?"))
+    )
 
     bobs = await bob.wait_event("turn", 0, initiator="agent")
     anns = await ann.wait_event("turn", 0, initiator="agent")
     assert (bobs["agent_text"], anns["agent_text"]) == ("Is the booking still on?", "Did your jacket arrive?")
     reply_to_ann = next(e for e in ann.events if e.get("kind") == "turn" and e["initiator"] == "user")
     assert ann.events.index(reply_to_ann) < ann.events.index(anns)  # after her reply, not over it
-    await until(lambda: consumer.stats.handled == 2)
     for caller in (ann, bob):
         await caller.hang_up()
 
 
-async def test_a_prompt_cut_off_by_a_hang_up_is_redelivered_to_the_users_next_call(
-    manager: CallManager, outreach: tuple[EventBus, EventConsumer]
+async def test_an_event_for_a_user_not_in_a_call_opens_their_next_call(
+    manager: CallManager, node: OutreachNode
 ) -> None:
-    bus, consumer = outreach
-    ann = await dial(manager, user_id="ann")
-    event = GreetEvent(payload=GreetPayload(user_id="ann", text=NEWS))
-    await bus.publish(event)
-    await ann.wait_event("agent_text", 0)
-    await manager.hang_up(ann.call_id)  # mid-prompt: not heard to the end, so not acked
-    await ann.hang_up()
-    await until(lambda: consumer.stats.failures >= 1)
-    assert consumer.stats.handled == 0
+    event = GreetEvent(payload=GreetPayload(user_id="ann", text=NEWS), expires_at=expiring_in(600))
+    await node.publisher.publish(event)
+    await status_of(node, event.id, Status.PENDING)  # routed by the router group: no call anywhere
 
-    again = await dial(manager, user_id="ann")  # the event comes back and is spoken here
+    ann = await dial(manager, user_id="ann")  # she says nothing: the agent speaks first
+    turn = await ann.wait_event("turn", 0, initiator="agent")
+    assert (turn["agent_text_heard"], turn["event_id"], turn["index"]) == (NEWS, event.id, 1)
+    assert not [e for e in ann.events if e.get("kind") == "transcript"]
+    await status_of(node, event.id, Status.HEARD)
+    await ann.hang_up()
+
+
+async def test_a_prompt_cut_off_by_a_hang_up_is_spoken_in_the_users_next_call(
+    manager: CallManager, node: OutreachNode
+) -> None:
+    ann = await dial(manager, user_id="ann")
+    await until(lambda: ann.call_id in node._registered)
+    event = GreetEvent(payload=GreetPayload(user_id="ann", text=NEWS))
+    await node.publisher.publish(event)
+    await ann.wait_event("agent_text", 0)
+    await manager.hang_up(ann.call_id)  # mid-prompt: not heard to the end
+    await ann.hang_up()
+    record = await status_of(node, event.id, Status.PENDING)
+    assert "not heard: call_ended" in (record.detail or "")
+
+    again = await dial(manager, user_id="ann")
     turn = await again.wait_event("turn", 0, initiator="agent", within_s=30.0)
     assert (turn["agent_text_heard"], turn["event_id"]) == (NEWS, event.id)
-    await until(lambda: consumer.stats.handled == 1)
+    await status_of(node, event.id, Status.HEARD)
+    await asyncio.sleep(SETTINGS.invisible_s * 2)  # the redelivered message finds it heard
+    assert len(prompts(again)) == 1
     await again.hang_up()
+
+
+async def test_the_same_decision_published_twice_is_spoken_once(
+    manager: CallManager, node: OutreachNode
+) -> None:
+    ann = await dial(manager, user_id="ann")
+    await until(lambda: ann.call_id in node._registered)
+    first = AskEvent(
+        idempotency_key="ask:ann:jacket", payload=AskPayload(user_id="ann", question="Jacket ok?")
+    )
+    second = first.model_copy(update={"id": "another-id"})  # a retried publish: same key, new id
+    assert (await node.publisher.publish(first)).duplicate is False
+    assert (await node.publisher.publish(second)).duplicate is True  # the publisher knows the key
+    await node.bus.publish(second, tag="unrouted")  # and a copy straight onto the bus
+    await node.bus.publish(first, tag="unrouted")
+    await status_of(node, first.id, Status.ACKED)
+    await asyncio.sleep(SETTINGS.invisible_s * 2)
+    assert [t["agent_text"] for t in prompts(ann)] == ["Jacket ok?"]
+    record = await node.ledger.get(first.id)
+    assert record is not None and "duplicate" in [s.stage for s in record.stages]
+    await ann.hang_up()
+
+
+async def test_an_event_that_expires_while_pending_is_never_spoken(
+    manager: CallManager, node: OutreachNode
+) -> None:
+    event = GreetEvent(
+        payload=GreetPayload(user_id="ann", text=NEWS), expires_at=utcnow() + timedelta(seconds=1)
+    )
+    await node.publisher.publish(event)
+    await status_of(node, event.id, Status.PENDING)
+    await asyncio.sleep(1.5)
+    ann = await dial(manager, user_id="ann")
+    await asyncio.sleep(SETTINGS.invisible_s)  # time for any opening prompt to have started
+    assert not prompts(ann) and not [e for e in ann.events if e.get("kind") == "agent_text"]
+    assert await node.ledger.undelivered_for("ann") == []
+    await ann.hang_up()
+
+
+async def test_an_untrusted_caller_is_not_told_someone_elses_pending_prompt(
+    manager: CallManager, store: FlakyStore
+) -> None:
+    node = await start_node(manager, store, SETTINGS.model_copy(update={"trust_claimed_user_ids": False}))
+    try:
+        event = GreetEvent(payload=GreetPayload(user_id="ann", text=NEWS))
+        await node.publisher.publish(event)
+        await status_of(node, event.id, Status.PENDING)
+        ann = await dial(manager, user_id="ann")
+        await asyncio.sleep(SETTINGS.invisible_s)
+        assert not prompts(ann)
+        assert (await node.ledger.get(event.id)).status == Status.PENDING  # type: ignore[union-attr]
+        await ann.hang_up()
+    finally:
+        await manager.close_all()
+        await node.stop()
+        await node.bus.transport.close()

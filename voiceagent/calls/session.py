@@ -17,7 +17,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from voiceagent.engines.registry import CallEngines
 from voiceagent.observability.metrics import Metrics
@@ -74,6 +74,15 @@ class CallStore(Protocol):
     async def end_call(self, call_id: str, reason: str) -> Any: ...
 
 
+class CallListener(Protocol):
+    """Told when a call starts and ends (e.g. outreach: register it, speak what is pending).
+    Called on the event loop and must not block: a listener starts its own tasks."""
+
+    def call_started(self, session: CallSession) -> None: ...
+
+    def call_ended(self, session: CallSession) -> None: ...
+
+
 @dataclass
 class CallStats:
     """Running totals for one call: bounded, however long the call lasts."""
@@ -99,6 +108,7 @@ class CallSession:
         metrics: Metrics,
         settings: ConversationSettings,
         node_id: str,
+        listeners: tuple[CallListener, ...] = (),
     ) -> None:
         self.transport = transport
         self.playout = playout
@@ -106,6 +116,8 @@ class CallSession:
         self.id = transport.id
         self.node_id = node_id
         self.started_at = datetime.now(UTC)
+        self.last_activity_at = self.started_at  # the caller or the agent last said something
+        self.listeners = listeners
         self.store = store
         self.metrics = metrics
         self.stats = CallStats()
@@ -127,6 +139,7 @@ class CallSession:
         """Feed the caller's audio until the call ends; always leaves the store consistent."""
         self.metrics.calls_active.inc()
         self.recorded = await self._record_start()
+        self._tell_listeners("call_started")
         reason = "hangup"
         try:
             async for frame in self.transport.frames():
@@ -147,8 +160,16 @@ class CallSession:
             except Exception:
                 log.exception("call %s: closing the conversation failed", self.id)
             await self.transport.close(reason)
+            self._tell_listeners("call_ended")
             await self._record_end(reason)
             log.info("call %s ended: %s", self.id, reason)
+
+    def _tell_listeners(self, what: Literal["call_started", "call_ended"]) -> None:
+        for listener in self.listeners:
+            try:
+                getattr(listener, what)(self)
+            except Exception:  # a listener's bug is not the call's
+                log.exception("call %s: %s listener failed", self.id, what)
 
     async def _record_start(self) -> bool:
         try:
@@ -171,6 +192,8 @@ class CallSession:
 
     def _on_event(self, event: ConversationEvent) -> None:
         self.recent_events.append(event)
+        if not isinstance(event, Fault | Recovered):  # someone spoke, or the agent is replying
+            self.last_activity_at = datetime.now(UTC)
         if isinstance(event, Fault):
             self.stats.faults += 1
             self.metrics.call_faults.labels(stage=event.stage).inc()
@@ -242,6 +265,7 @@ class CallManager:
         node_id: str,
     ) -> None:
         self.gateway = gateway
+        self.listeners: list[CallListener] = []
         self.engines = engines
         self.store = store
         self.metrics = metrics
@@ -273,6 +297,7 @@ class CallManager:
                 metrics=self.metrics,
                 settings=self.settings,
                 node_id=self.node_id,
+                listeners=tuple(self.listeners),
             )
         except BaseException:
             await transport.close("setup-failed")  # the gateway's call must not outlive this

@@ -11,7 +11,7 @@ from voiceagent.events.bus import (
     ReceivedMessage,
     TopicNotFound,
 )
-from voiceagent.events.consumer import EventConsumer
+from voiceagent.events.consumer import EventConsumer, RetryLater
 from voiceagent.events.dedup import Deduplicator
 from voiceagent.events.envelope import (
     AskEvent,
@@ -47,5 +47,6 @@ __all__ = [
     "OutgoingMessage",
     "PublishFailed",
     "ReceivedMessage",
+    "RetryLater",
     "TopicNotFound",
 ]

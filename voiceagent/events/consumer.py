@@ -17,6 +17,11 @@ log = logging.getLogger(__name__)
 Handler = Callable[[AnyEvent], Awaitable[None]]
 
 
+class RetryLater(RuntimeError):
+    """A handler's way to say "not now" (e.g. the prompt could not be spoken yet): the message is
+    left unacked for redelivery, logged in one line rather than as a failure with a traceback."""
+
+
 @dataclass
 class ConsumerStats:
     handled: int = 0
@@ -41,19 +46,23 @@ class EventConsumer:
         subscription: EventSubscription,
         handler: Handler,
         *,
-        dedup: Deduplicator | None = None,
+        dedup: Deduplicator | bool | None = None,
         max_attempts: int = 5,
         invisible_s: float = 30.0,
         batch: int = 16,
         wait_s: float = 5.0,
         error_backoff_s: float = 1.0,
         concurrency: int = 1,
+        on_acked: Handler | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.subscription = subscription
         self.handler = handler
-        self.dedup = dedup or Deduplicator()
+        # False: the handler deduplicates itself (e.g. in a store shared by all nodes), and a
+        # key seen here before must still reach it.
+        self.dedup = dedup if isinstance(dedup, Deduplicator) else None if dedup is False else Deduplicator()
+        self.on_acked = on_acked
         self.max_attempts = max_attempts
         self.invisible_s = invisible_s
         self.batch = batch
@@ -120,7 +129,7 @@ class EventConsumer:
     async def _settle(self, delivery: Delivery) -> None:
         key = delivery.event.idempotency_key
         try:
-            if self.dedup.is_duplicate(key):
+            if self.dedup is not None and self.dedup.is_duplicate(key):
                 self.stats.duplicates += 1
                 await self.subscription.ack(delivery)
                 return
@@ -129,16 +138,25 @@ class EventConsumer:
             except Exception as exc:  # a handler bug must not end the loop
                 self.stats.failures += 1
                 attempt = delivery.message.delivery_attempt
-                log.exception("handler failed for %s (attempt %d)", delivery.event.id, attempt)
+                if isinstance(exc, RetryLater):
+                    log.info("event %s (attempt %d) left for redelivery: %s", delivery.event.id, attempt, exc)
+                else:
+                    log.exception("handler failed for %s (attempt %d)", delivery.event.id, attempt)
                 if attempt >= self.max_attempts:
                     await self.subscription.reject(
                         delivery.message, "handler_failed", f"{type(exc).__name__}: {exc}"
                     )
                     self.stats.dead_lettered += 1
                 return
-            self.dedup.remember(key)
+            if self.dedup is not None:
+                self.dedup.remember(key)
             self.stats.handled += 1
             await self.subscription.ack(delivery)
+            if self.on_acked is not None:
+                try:
+                    await self.on_acked(delivery.event)
+                except Exception:
+                    log.exception("after-ack hook failed for %s", delivery.event.id)
         except BusError as exc:
             # Ack/dead-letter failed: the message comes back after its invisible time; dedup
             # makes that second delivery harmless if the handler already ran.

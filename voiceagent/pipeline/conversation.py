@@ -392,7 +392,7 @@ class Conversation:
         self._prompts.expire(self.now())
         if not self._safe_point() or (handle := self._prompts.pop()) is None:
             return
-        handle.started = True
+        handle.mark_started()
         self._turns += 1
         turn = _Turn(self._turns, self.now())
         turn.prompt = handle

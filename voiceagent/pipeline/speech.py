@@ -67,6 +67,19 @@ class SpeechHandle:
         self.event_id = event_id
         self.started = False
         self._result: asyncio.Future[SpeechResult] = asyncio.get_running_loop().create_future()
+        self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def mark_started(self) -> None:
+        """The conversation found its safe point and begins the prompt."""
+        self.started = True
+        if not self._started.done():
+            self._started.set_result(None)
+
+    async def wait_started(self) -> bool:
+        """Until the prompt begins (True) or is settled without ever beginning (False)."""
+        either: list[asyncio.Future[Any]] = [self._started, self._result]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        return self._started.done()
 
     def done(self) -> bool:
         return self._result.done()

@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from voiceagent import __version__
 from voiceagent.observability.metrics import CONTENT_TYPE
 from voiceagent.observability.readiness import ReadinessReport
+from voiceagent.outreach.api import outreach_router
 from voiceagent.runtime import Runtime
 from voiceagent.server.calls_api import WEB_DIR, calls_router
 
@@ -41,6 +42,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
     app.state.runtime = runtime
     app.middleware("http")(runtime.metrics.http_middleware)
     app.include_router(calls_router(runtime.calls, runtime.settings.transport.max_offer_bytes))
+    app.include_router(outreach_router(runtime.outreach.publisher, runtime.outreach.ledger))
     if WEB_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 

@@ -91,3 +91,116 @@ class Turn(Base):
     voice_to_voice_s: Mapped[float | None] = mapped_column(Float)
 
     call: Mapped[Call] = relationship(back_populates="turns")
+
+
+class LiveSession(Base):
+    """Which node holds which user's live call (the outreach session registry). Nodes refresh
+    ``heartbeat_at`` for all their calls at once; a row whose heartbeat is stale belongs to a node
+    that died and is ignored (and swept)."""
+
+    __tablename__ = "live_sessions"
+    __table_args__ = (Index("ix_live_sessions_user", "user_id"), Index("ix_live_sessions_node", "node_id"))
+
+    call_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    node_id: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When the caller or the agent last spoke: the scheduler's check-in rule reads it.
+    last_activity_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class OutreachEvent(Base):
+    """One outreach decision through its life; the idempotency key makes it one row however often
+    it is published or delivered. A node *claims* it (``claimed_by`` until ``claimed_until``) while
+    its prompt waits and plays, so two nodes never speak it at once, and a dead node's claim lapses."""
+
+    __tablename__ = "outreach_events"
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", name="uq_outreach_events_key"),
+        Index("ix_outreach_events_user_status", "user_id", "status"),
+        Index("ix_outreach_events_created", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)  # the event as published (envelope JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    call_id: Mapped[str | None] = mapped_column(String(64))  # the call it was spoken in
+    detail: Mapped[str | None] = mapped_column(String(300))
+
+    stages: Mapped[list[OutreachStage]] = relationship(
+        back_populates="event", order_by="OutreachStage.id", cascade="all, delete-orphan"
+    )
+
+
+class OutreachStage(Base):
+    """One step of an event's life (decided, published, routed, pending, spoken, heard, acked,
+    interrupted, expired, failed, superseded, duplicate), with when and where."""
+
+    __tablename__ = "outreach_stages"
+    __table_args__ = (Index("ix_outreach_stages_event", "event_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("outreach_events.id", ondelete="CASCADE"))
+    stage: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    node_id: Mapped[str | None] = mapped_column(String(128))
+    detail: Mapped[str | None] = mapped_column(String(300))
+
+    event: Mapped[OutreachEvent] = relationship(back_populates="stages")
+
+
+class IntentRecord(Base):
+    """What the analysis found a user wants: one row per user and intent, refreshed when found
+    again (evidence turn ids merged, confidence the latest). Operators resolve or dismiss it."""
+
+    __tablename__ = "intent_records"
+    __table_args__ = (
+        UniqueConstraint("user_id", "intent", name="uq_intent_records_user_intent"),
+        Index("ix_intent_records_status", "status", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    intent: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+    evidence: Mapped[list[int]] = mapped_column(JSON, default=list)  # turn ids
+    analyzer: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | resolved | dismissed
+    detected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SchedulerRun(Base):
+    """The run ledger: one row per job and due slot. The primary key is the run key, so two
+    scheduler processes racing for the same slot cannot both insert it, and a restarted scheduler
+    sees which slots already ran."""
+
+    __tablename__ = "scheduler_runs"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    runner: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    detail: Mapped[str | None] = mapped_column(String(300))
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Watermark(Base):
+    """How far an incremental job has read (e.g. the last turn id analysed)."""
+
+    __tablename__ = "watermarks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,200 @@
+"""Outreach on one server node: its calls in the shared registry, the events meant for them from
+the broker, and what is pending for a caller spoken as their call begins.
+
+The node reads two consumer groups: its own (tag ``node-<id>``: events a publisher routed here)
+and the shared router group (tag ``unrouted``: events for users no node was known to hold, each
+taken by one node, which routes it on or makes it pending). Neither deduplicates in process: the
+shared ledger's claim does, across nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from voiceagent.calls.session import CallManager, CallSession
+from voiceagent.config import OutreachSettings
+from voiceagent.events import AskEvent, BusError, EventBus, EventConsumer, GreetEvent
+from voiceagent.outreach.delivery import ClaimedElsewhere, OutreachDelivery, PromptNotHeard
+from voiceagent.outreach.identity import CallerTrust, ClaimedIdentity
+from voiceagent.outreach.ledger import OutreachEventT, OutreachLedger
+from voiceagent.outreach.publisher import OutreachPublisher
+from voiceagent.outreach.registry import SessionRegistry
+from voiceagent.outreach.routing import ROUTER_GROUP, UNROUTED_TAG, node_group, node_tag
+from voiceagent.store import Database
+
+log = logging.getLogger(__name__)
+_EVENT = TypeAdapter[GreetEvent | AskEvent](GreetEvent | AskEvent)
+SWEEP_EVERY = 6  # heartbeats between sweeps of dead nodes' registry rows
+SUBSCRIBE_RETRY_S = 2.0
+
+
+class OutreachNode:
+    def __init__(
+        self,
+        *,
+        calls: CallManager,
+        bus: EventBus,
+        database: Database,
+        settings: OutreachSettings,
+        node_id: str,
+        trust: CallerTrust | None = None,
+    ) -> None:
+        self.calls = calls
+        self.bus = bus
+        self.settings = settings
+        self.node_id = node_id
+        self.trust = trust or ClaimedIdentity(settings.trust_claimed_user_ids)
+        self.registry = SessionRegistry(database, settings.stale_after_s)
+        self.ledger = OutreachLedger(database)
+        self.publisher = OutreachPublisher(bus, self.ledger, self.registry, node_id)
+        self.delivery = OutreachDelivery(
+            calls=calls,
+            ledger=self.ledger,
+            registry=self.registry,
+            publisher=self.publisher,
+            node_id=node_id,
+            claim_s=settings.claim_s,
+        )
+        self.consumers: list[EventConsumer] = []
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._openings: dict[str, set[asyncio.Task[Any]]] = {}  # call id → pending prompts being said
+        self._registered: set[str] = set()
+        calls.listeners.append(self)
+
+    async def start(self) -> None:
+        if not self.settings.enabled:
+            return
+        try:
+            await self.registry.forget_node(self.node_id)  # calls of this node's previous life
+        except Exception as exc:
+            log.warning("outreach: could not clear this node's old registry rows: %s", exc)
+        self._spawn(self._consume(node_group(self.node_id), node_tag(self.node_id)), "outreach-node")
+        self._spawn(self._consume(ROUTER_GROUP, UNROUTED_TAG), "outreach-router")
+        self._spawn(self._heartbeats(), "outreach-heartbeat")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in list(self._tasks):
+            if task.get_name() == "outreach-heartbeat" or task.get_name().startswith("opening-"):
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- the broker ------------------------------------------------------------------------------
+
+    async def _consume(self, group: str, tag: str) -> None:
+        while not self._stop.is_set():  # a broker down at start: keep trying, the node runs anyway
+            try:
+                subscription = await self.bus.subscribe(group, ["outreach"], tag)
+                break
+            except BusError as exc:
+                log.warning("outreach: cannot subscribe %s yet: %s", group, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), SUBSCRIBE_RETRY_S)
+        else:
+            return
+        consumer = EventConsumer(
+            subscription,
+            self.delivery,
+            dedup=False,  # the ledger's claim deduplicates, across nodes
+            max_attempts=self.settings.max_attempts,
+            invisible_s=self.settings.invisible_s,
+            wait_s=2.0,
+            concurrency=self.settings.concurrency,
+            on_acked=self.delivery.acked,
+        )
+        self.consumers.append(consumer)
+        try:
+            await consumer.run(self._stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.close()
+
+    # -- the registry ----------------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        beats = 0
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            beats += 1
+            try:
+                for session in list(self.calls.sessions.values()):
+                    if session.id not in self._registered:  # the store was down when it started
+                        await self._register(session)
+                activity = {s.id: s.last_activity_at for s in self.calls.sessions.values()}
+                await self.registry.heartbeat(self.node_id, activity)
+                if beats % SWEEP_EVERY == 0:
+                    await self.registry.sweep()
+            except Exception as exc:
+                log.warning("outreach: registry heartbeat failed: %s: %s", type(exc).__name__, exc)
+
+    async def _register(self, session: CallSession) -> None:
+        await self.registry.register(session.id, session.user_id, self.node_id)
+        self._registered.add(session.id)
+
+    # -- calls starting and ending ---------------------------------------------------------------
+
+    def call_started(self, session: CallSession) -> None:
+        if not self.settings.enabled:
+            return
+        self._spawn(self._open(session), f"opening-{session.id}")
+
+    def call_ended(self, session: CallSession) -> None:
+        for task in self._openings.pop(session.id, set()):
+            task.cancel()
+        self._registered.discard(session.id)
+        self._spawn(self._unregister(session.id), f"unregister-{session.id}")
+
+    async def _unregister(self, call_id: str) -> None:
+        try:
+            await self.registry.unregister(call_id)
+        except Exception as exc:  # the row goes stale and is swept
+            log.warning("outreach: could not unregister call %s: %s", call_id, exc)
+
+    async def _open(self, session: CallSession) -> None:
+        """Register the call, then speak what is pending for a trusted caller: the agent speaks
+        first."""
+        try:
+            await self._register(session)
+        except Exception as exc:
+            log.warning("outreach: call %s not registered yet: %s", session.id, exc)
+        if not self.trust.trusts(session):
+            return
+        try:
+            pending = await self.ledger.undelivered_for(session.user_id)
+        except Exception as exc:
+            log.warning("outreach: pending prompts for %s unknown: %s", session.user_id, exc)
+            return
+        openings = self._openings.setdefault(session.id, set())
+        for record in pending:
+            event = _EVENT.validate_python(record.body)
+            task = self._spawn(self._say_pending(event, session), f"opening-{session.id}-{event.id}")
+            openings.add(task)
+            task.add_done_callback(openings.discard)
+
+    async def _say_pending(self, event: OutreachEventT, session: CallSession) -> None:
+        while session.id in self.calls.sessions:
+            try:
+                await self.delivery.speak(event, session)
+                return
+            except ClaimedElsewhere:
+                # Held by another delivery, or by a node that died mid-prompt: its lease lapses.
+                await asyncio.sleep(self.settings.claim_s / 3)
+            except PromptNotHeard:
+                return  # back to pending, and its message to redelivery
+            except Exception as exc:
+                log.warning("outreach: pending %s for %s: %s: %s", event.id, session.user_id,
+                            type(exc).__name__, exc)  # fmt: skip
+                await asyncio.sleep(self.settings.claim_s / 3)
