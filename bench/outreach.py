@@ -7,8 +7,8 @@ ledger and spoken at B's next safe point. Latency = POST sent → first received
 AUDIBLE. The caller is aiortc, not Chromium: the browser adds its jitter buffer (~20-60 ms).
 
 Then routed events/s: a burst of events for callers spread over both nodes, each sent to the
-other node, until every one is heard (prompts of one word; what is measured is routing and
-settlement, not speech).
+other node, until every one is settled: heard and acked, or superseded by a newer ask for the same user while
+it waited (what is measured is routing and settlement, not speech).
 """
 
 from __future__ import annotations
@@ -41,13 +41,18 @@ async def _first_audible(call: object, since: float, within_s: float = 30.0) -> 
             await asyncio.sleep(0.005)
 
 
-async def _until_heard(http: httpx.AsyncClient, event_ids: list[str], within_s: float = 300.0) -> None:
+async def _until_settled(
+    http: httpx.AsyncClient,
+    event_ids: list[str],
+    within_s: float = 300.0,
+    settled: tuple[str, ...] = ("acked",),
+) -> None:
     pending = set(event_ids)
     async with asyncio.timeout(within_s):
         while pending:
             for event_id in list(pending):
                 status = (await http.get(f"/api/outreach/{event_id}")).json()["status"]
-                if status in ("heard", "acked"):
+                if status in settled:
                     pending.discard(event_id)
             await asyncio.sleep(0.2)
 
@@ -71,7 +76,7 @@ async def _run() -> dict[str, Metric]:
                 )
                 response.raise_for_status()
                 latencies.append(await _first_audible(call, since) - since)
-                await _until_heard(http, [response.json()["event_id"]])
+                await _until_settled(http, [response.json()["event_id"]])
                 await asyncio.sleep(1.0)
         await call.close()
         log(f"publish to first audio: {[round(x, 3) for x in latencies]}")
@@ -104,7 +109,8 @@ async def _run() -> dict[str, Metric]:
                     sends.append(via.post("/api/outreach", json=body))
                 ids = [r.json()["event_id"] for r in await asyncio.gather(*sends)]
                 published_s = time.perf_counter() - started
-                await _until_heard(on_a, ids, within_s=900)
+                # A newer ask for a user replaces one still waiting (superseded): settled too.
+                await _until_settled(on_a, ids, within_s=900, settled=("acked", "superseded"))
                 total_s = time.perf_counter() - started
         finally:
             await asyncio.gather(*(c.close() for c in calls))
