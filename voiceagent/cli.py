@@ -187,7 +187,7 @@ def _cmd_outreach_send(settings: Settings, args: argparse.Namespace) -> int:
     from voiceagent.events.factory import create_transport
     from voiceagent.outreach.ledger import OutreachLedger
     from voiceagent.outreach.manual import OutreachRequest
-    from voiceagent.outreach.publisher import OutreachPublisher
+    from voiceagent.outreach.publisher import OutreachPublisher, UnknownUser
     from voiceagent.outreach.registry import SessionRegistry
     from voiceagent.server.errors import describe_validation_error
 
@@ -219,6 +219,9 @@ def _cmd_outreach_send(settings: Settings, args: argparse.Namespace) -> int:
                 f"cli@{settings.node_id}",
             )
             result = await publisher.publish(request.to_event())
+        except UnknownUser as exc:
+            print(f"voiceagent: error: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
         except PublishFailed as exc:
             print(f"voiceagent: error: not published: {exc}", file=sys.stderr)
             return EXIT_FAILURE

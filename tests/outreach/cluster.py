@@ -4,6 +4,10 @@ with a scripted OpenAI-compatible LLM: what the multi-node tests and the outreac
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -81,7 +85,45 @@ def start_cluster(name: str, workdir: Path | None = None) -> Iterator[Cluster]:
                 node.wait_ok("/readyz", timeout=300, interval=0.5)
             yield Cluster(a, b, a_id, b_id, env)
         finally:
-            for node in (a, b):
-                if node is not None:
-                    node.stop()
+            for started in (a, b):
+                if started is not None:
+                    started.stop()
             llm.stop()
+
+
+class SchedulerProcess:
+    """`voiceagent outreach run` against the cluster's store and broker; log in ``workdir``."""
+
+    def __init__(self, cluster: Cluster, workdir: Path, name: str, **settings: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEAGENT_")}
+        env.update(cluster.env, VOICEAGENT_NODE_ID=name, **settings)
+        self.log_path = workdir / f"{name}.log"
+        with self.log_path.open("w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "voiceagent", "outreach", "run"],
+                stdout=log, stderr=subprocess.STDOUT, text=True, cwd=workdir, env=env,
+            )  # fmt: skip
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_running(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while "outreach scheduler running" not in self.log:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"scheduler not running (exit {self.proc.poll()}):\n{self.log}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(30)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()

@@ -4,6 +4,7 @@ the stored intents on SQLite and PostgreSQL, and the embedding classifier held t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -12,9 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pytest
 
 from voiceagent.config import LLMSettings, StoreSettings
+from voiceagent.engines.base import EmbeddingEngine
 from voiceagent.outreach.analysis import (
     AnalysisError,
     IntentAnalyzer,
@@ -497,6 +500,63 @@ async def test_evaluation_scores_per_intent_and_language() -> None:
     assert len(report.mistakes) == report.per_intent["order_status"].support
     with pytest.raises(ValueError, match="not configured: shipping"):
         await evaluate(FixedAnalyzer(truth), [items[0].model_copy(update={"intent": "shipping"})], NAMES)
+
+
+class CountingEmbeddings(EmbeddingEngine):
+    """Deterministic unit vectors from each text's hash; records the texts of each query call."""
+
+    dimensions = 16
+
+    def __init__(self) -> None:
+        self.query_calls: list[list[str]] = []
+
+    def _rows(self, texts: Sequence[str]) -> np.ndarray:
+        rows = [
+            np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)).normal(size=16)
+            for t in texts
+        ]
+        matrix = np.array(rows, dtype=np.float32).reshape(len(rows), 16)
+        unit: np.ndarray = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+        return unit
+
+    async def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        self.query_calls.append(list(texts))
+        return self._rows(texts)
+
+    async def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        return self._rows(texts)
+
+
+async def test_embedding_classifier_embeds_each_normalised_text_once() -> None:
+    from voiceagent.outreach.analysis.embedding import EmbeddingIntentAnalyzer
+
+    engine = CountingEmbeddings()
+    analyzer = EmbeddingIntentAnalyzer(engine, INTENTS, cache_size=3)
+    await analyzer.prepare()
+    engine.query_calls.clear()  # the anchors
+    labels = await analyzer.label(
+        [
+            said(1, "ann", "Thank you"),
+            said(2, "bob", "  thank \t YOU "),
+            said(3, "ann", "Where is my order?"),
+            said(4, "cy", "Thank you"),
+            said(5, "cy", "   "),
+        ]
+    )
+    assert engine.query_calls == [["Thank you", "Where is my order?"]]  # the first spelling of each
+    assert [label.turn_id for label in labels] == [1, 2, 3, 4]
+    assert len({(label.intent, label.confidence) for label in labels if label.turn_id != 3}) == 1
+    again = await analyzer.label([said(6, "dan", "THANK YOU"), said(7, "dan", "where is my  order?")])
+    assert len(engine.query_calls) == 1  # both cached
+    assert [(label.intent, label.confidence) for label in again] == [
+        (labels[0].intent, labels[0].confidence),
+        (labels[2].intent, labels[2].confidence),
+    ]
+    # Bounded: three texts kept, the least recently used goes first.
+    await analyzer.label([said(8, "eve", "yes"), said(9, "eve", "no")])  # evicts "thank you"
+    await analyzer.label([said(10, "eve", "where is my order?"), said(11, "eve", "thank you")])
+    assert engine.query_calls[1:] == [["yes", "no"], ["thank you"]]
+    assert analyzer.embedded == 5
 
 
 # Measured on the held-out `test` split (132 utterances) with min_confidence 0.5 (the default),

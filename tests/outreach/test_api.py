@@ -16,9 +16,10 @@ from voiceagent.events import EventBus, PublishFailed
 from voiceagent.events.factory import create_transport
 from voiceagent.outreach.api import outreach_router
 from voiceagent.outreach.ledger import OutreachLedger
-from voiceagent.outreach.publisher import OutreachPublisher
+from voiceagent.outreach.manual import OutreachRequest
+from voiceagent.outreach.publisher import OutreachPublisher, PublishResult, UnknownUser
 from voiceagent.outreach.registry import SessionRegistry
-from voiceagent.store import Database
+from voiceagent.store import Database, Store
 
 
 @pytest.fixture
@@ -28,6 +29,8 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Outreach
     settings = event_settings("inprocess")
     transport = create_transport(settings)
     await transport.start()
+    for returning in ("ann", "bob"):
+        await Store(database).touch_user(returning)
     ledger = OutreachLedger(database)
     publisher = OutreachPublisher(EventBus(transport, settings), ledger, SessionRegistry(database, 10), "api")
     app = FastAPI()
@@ -115,3 +118,34 @@ async def test_an_unreachable_broker_is_a_503_and_the_decision_is_kept(
     assert (
         again.status_code == 202 and again.json()["event_id"] == kept["id"] and not again.json()["duplicate"]
     )
+
+
+async def test_a_user_who_never_called_is_a_404(api: tuple[httpx.AsyncClient, OutreachPublisher]) -> None:
+    client, _ = api
+    response = await client.post("/api/outreach", json={"user_id": "ghost", "type": "ask", "text": "Hi?"})
+    assert response.status_code == 404 and "'ghost' has never called" in response.json()["detail"]
+    assert (await client.get("/api/outreach")).json()["total"] == 0
+
+
+async def test_a_batch_is_published_with_one_result_per_decision(
+    api: tuple[httpx.AsyncClient, OutreachPublisher],
+) -> None:
+    client, publisher = api
+    first = await client.post(
+        "/api/outreach", json={"user_id": "ann", "type": "ask", "text": "Q?", "idempotency_key": "known"}
+    )
+    batch = [
+        OutreachRequest(user_id=user, type="ask", text="Q?", idempotency_key=key).to_event()
+        for user, key in [("ann", "known"), ("ann", "k1"), ("ghost", "k2"), ("bob", "k3"), ("bob", "k3")]
+    ]
+    results = await publisher.publish_many(batch)
+    assert isinstance(results[0], PublishResult) and results[0].duplicate
+    assert results[0].event_id == first.json()["event_id"]
+    assert isinstance(results[2], UnknownUser)
+    fresh = [r for r in (results[1], results[3]) if isinstance(r, PublishResult) and not r.duplicate]
+    assert len(fresh) == 2
+    # the same key twice in one batch is one event
+    assert isinstance(results[4], PublishResult) and results[4].event_id == results[3].event_id  # type: ignore[union-attr]
+    page = (await client.get("/api/outreach")).json()
+    assert page["total"] == 3  # known, k1, k3
+    assert all([s["stage"] for s in e["stages"]] == ["decided", "published"] for e in page["items"])

@@ -19,6 +19,7 @@ from voiceagent.events.envelope import expiring_in, utcnow
 from voiceagent.events.factory import create_transport
 from voiceagent.outreach.ledger import EventRecord, Status
 from voiceagent.outreach.node import OutreachNode
+from voiceagent.outreach.publisher import UnknownUser
 from voiceagent.testing.fakes import FlakyStore
 
 pytestmark = pytest.mark.integration  # real aiortc peers and real time
@@ -44,6 +45,8 @@ async def start_node(manager: CallManager, store: FlakyStore, settings: Outreach
 
 @pytest.fixture
 async def node(manager: CallManager, store: FlakyStore) -> AsyncIterator[OutreachNode]:
+    for returning in ("ann", "bob"):  # users who called before
+        await store.store.touch_user(returning)
     node = await start_node(manager, store, SETTINGS)
     yield node
     await manager.close_all()
@@ -193,6 +196,7 @@ async def test_an_event_that_expires_while_pending_is_never_spoken(
 async def test_an_untrusted_caller_is_not_told_someone_elses_pending_prompt(
     manager: CallManager, store: FlakyStore
 ) -> None:
+    await store.store.touch_user("ann")
     node = await start_node(manager, store, SETTINGS.model_copy(update={"trust_claimed_user_ids": False}))
     try:
         event = GreetEvent(payload=GreetPayload(user_id="ann", text=NEWS))
@@ -207,3 +211,19 @@ async def test_an_untrusted_caller_is_not_told_someone_elses_pending_prompt(
         await manager.close_all()
         await node.stop()
         await node.bus.transport.close()
+
+
+async def test_an_event_for_a_user_who_never_called_is_dead_lettered(node: OutreachNode) -> None:
+    letters = await node.bus.subscribe("dead-letter-reader", ["dead_letter"])
+    ghost = AskEvent(payload=AskPayload(user_id="ghost", question="Hello?"))
+    with pytest.raises(UnknownUser):  # the publisher refuses it...
+        await node.publisher.publish(ghost)
+    await node.bus.publish(ghost, tag="unrouted")  # ...and a node that receives one dead-letters it
+    async with asyncio.timeout(20):
+        while not (received := await letters.receive(wait_s=0.5)):
+            pass
+    [letter] = received
+    assert letter.event.id == ghost.id
+    assert letter.message.properties["va_dlq_reason"] == "unknown_user"
+    assert await node.ledger.get(ghost.id) is None  # nothing recorded, nothing pending
+    await letters.close()

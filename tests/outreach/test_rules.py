@@ -29,6 +29,7 @@ from voiceagent.outreach.runs import Watermarks
 from voiceagent.outreach.scheduler import JobFailed
 from voiceagent.store import Database, NewTurn, Store
 from voiceagent.store.models import LiveSession
+from voiceagent.testing.fakes import FakePublisher
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 RULES = OutreachRules()
@@ -251,24 +252,6 @@ class Turns:
     async def __call__(self, database: Database, after_turn_id: int, limit: int) -> list[Utterance]:
         self.reads.append((after_turn_id, limit))
         return [u for u in self.utterances if u.turn_id > after_turn_id][:limit]
-
-
-class FakePublisher:
-    """Like OutreachPublisher: a known idempotency key returns the first event's id, unpublished."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.failures = failures
-        self.published: list[GreetEvent | AskEvent] = []
-        self.ids: dict[str, str] = {}
-
-    async def send(self, event: GreetEvent | AskEvent) -> str:
-        if self.failures:
-            self.failures -= 1
-            raise ConnectionError("broker down")
-        if event.idempotency_key not in self.ids:
-            self.ids[event.idempotency_key] = event.id
-            self.published.append(event)
-        return self.ids[event.idempotency_key]
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from voiceagent.config import JobSchedule, OutreachSettings, SchedulerSettings, Settings, StoreSettings
-from voiceagent.events.envelope import AskEvent, GreetEvent
 from voiceagent.outreach.jobs import CheckinJob
 from voiceagent.outreach.process import run_outreach_process
 from voiceagent.outreach.runs import ABANDONED, RunLedger, RunRecord, Watermarks
@@ -31,6 +30,7 @@ from voiceagent.outreach.scheduler import (
 )
 from voiceagent.store import Database
 from voiceagent.store.models import LiveSession
+from voiceagent.testing.fakes import FakePublisher
 
 T0 = datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
 
@@ -501,18 +501,6 @@ async def test_a_disabled_job_is_not_scheduled(sqlite_db: Database) -> None:
 # --- a real job through the scheduler: a publish failure --------------------------------------
 
 
-class FlakyPublisher:
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.sent: dict[str, str] = {}
-
-    async def send(self, event: GreetEvent | AskEvent) -> str:
-        if self.failures:
-            self.failures -= 1
-            raise ConnectionError("broker unreachable")
-        return self.sent.setdefault(event.idempotency_key, event.id)
-
-
 async def test_a_publish_failure_fails_the_run_and_the_next_slot_sends_it(sqlite_db: Database) -> None:
     now = datetime.now(UTC)
     async with sqlite_db.sessions.begin() as session:
@@ -526,7 +514,7 @@ async def test_a_publish_failure_fails_the_run_and_the_next_slot_sends_it(sqlite
                 last_activity_at=now - timedelta(minutes=1),
             )
         )
-    publisher = FlakyPublisher(failures=1)
+    publisher = FakePublisher(failures=1)
     outreach = OutreachSettings(stale_after_s=20)
     settings = SchedulerSettings(analysis=JobSchedule(interval_s=3600), checkin=JobSchedule(interval_s=0.5))
     ledger = RunLedger(sqlite_db, "a")
@@ -543,7 +531,7 @@ async def test_a_publish_failure_fails_the_run_and_the_next_slot_sends_it(sqlite
     failed = [r for r in rows if r.status == "failed"]
     assert len(failed) == 1 and failed[0].stats["publish_failed"] == 1
     assert failed[0].detail is not None and "ConnectionError: broker unreachable" in failed[0].detail
-    assert list(publisher.sent) == ["checkin:call-1"]  # once per call, however many runs
+    assert list(publisher.ids) == ["checkin:call-1"]  # once per call, however many runs
     assert sum(r.stats.get("checkins", 0) for r in rows) == 1
 
 
@@ -579,7 +567,7 @@ async def test_run_outreach_process_runs_until_stopped(settings: Settings, sqlit
             settings,
             stop,
             database=sqlite_db,
-            publisher=FlakyPublisher(failures=0),
+            publisher=FakePublisher(failures=0),
             analyzers=[NoAnalyzer()],
             intent_store=NoIntents(),
             read_turns=no_turns,

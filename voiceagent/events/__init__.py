@@ -11,7 +11,7 @@ from voiceagent.events.bus import (
     ReceivedMessage,
     TopicNotFound,
 )
-from voiceagent.events.consumer import EventConsumer, RetryLater
+from voiceagent.events.consumer import EventConsumer, EventUnusable, RetryLater
 from voiceagent.events.dedup import Deduplicator
 from voiceagent.events.envelope import (
     AskEvent,
@@ -36,6 +36,7 @@ __all__ = [
     "EventConsumer",
     "EventRejected",
     "EventSubscription",
+    "EventUnusable",
     "GreetEvent",
     "GreetPayload",
     "InvalidReceipt",

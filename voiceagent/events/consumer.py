@@ -17,6 +17,16 @@ log = logging.getLogger(__name__)
 Handler = Callable[[AnyEvent], Awaitable[None]]
 
 
+class EventUnusable(ValueError):
+    """A handler's verdict that this event can never be handled (e.g. it names a user who does
+    not exist): it goes to the dead-letter topic with ``reason`` at once, not after retries."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
 class RetryLater(RuntimeError):
     """A handler's way to say "not now" (e.g. the prompt could not be spoken yet): the message is
     left unacked for redelivery, logged in one line rather than as a failure with a traceback."""
@@ -135,6 +145,10 @@ class EventConsumer:
                 return
             try:
                 await self.handler(delivery.event)
+            except EventUnusable as unusable:
+                await self.subscription.reject(delivery.message, unusable.reason, unusable.detail)
+                self.stats.dead_lettered += 1
+                return
             except Exception as exc:  # a handler bug must not end the loop
                 self.stats.failures += 1
                 attempt = delivery.message.delivery_attempt

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from voiceagent.events import PublishFailed
 from voiceagent.outreach.ledger import EventRecord, OutreachLedger, Status
 from voiceagent.outreach.manual import USER_ID_PATTERN, OutreachRequest
-from voiceagent.outreach.publisher import OutreachPublisher, PublishResult
+from voiceagent.outreach.publisher import OutreachPublisher, PublishResult, UnknownUser
 from voiceagent.server.errors import parse_json_body
 
 MAX_BODY_BYTES = 16 * 1024
@@ -32,6 +32,7 @@ def outreach_router(publisher: OutreachPublisher, ledger: OutreachLedger) -> API
         summary="Send a greet/ask to a user: spoken in their live call, or when they next call",
         responses={
             400: {"description": "the body names each bad field"},
+            404: {"description": "the user has never called"},
             413: {"description": "body too large"},
             503: {"description": "the broker is unreachable; nothing was published"},
         },
@@ -49,6 +50,8 @@ def outreach_router(publisher: OutreachPublisher, ledger: OutreachLedger) -> API
         outreach = parse_json_body(OutreachRequest, body, "outreach request")
         try:
             return await publisher.publish(outreach.to_event())
+        except UnknownUser as exc:
+            raise HTTPException(404, str(exc)) from None
         except PublishFailed as exc:
             raise HTTPException(503, f"not published: {exc}", headers={"Retry-After": "5"}) from None
 

@@ -11,7 +11,8 @@ or the user's next call picking it up from the ledger — it is spoken only afte
 - anything else (the call ended, no safe moment came, its words could not be produced) → back to
   ``pending`` in the ledger, and :class:`PromptNotHeard` leaves the message unacked: the broker
   redelivers it (routed again), and the user's next call picks it up from the ledger meanwhile;
-- the user has no call here → routed to the node that holds it, or made ``pending``.
+- the user has no call here → routed to the node that holds it, or made ``pending``;
+- the user does not exist (never called) → dead-lettered as ``unknown_user``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import contextlib
 import logging
 from typing import Protocol
 
-from voiceagent.events import AskEvent, GreetEvent, RetryLater
+from voiceagent.events import AskEvent, EventUnusable, GreetEvent, RetryLater
 from voiceagent.events.envelope import utcnow
 from voiceagent.events.eventbus import AnyEvent
 from voiceagent.outreach.ledger import Claim, OutreachEventT, OutreachLedger, Status
@@ -100,6 +101,8 @@ class OutreachDelivery:
         if where is not None and where.node_id != self.node_id:
             await self.publisher.reroute(event, where.node_id)
             return
+        if not await self.ledger.user_exists(event.payload.user_id):
+            raise EventUnusable("unknown_user", f"user {event.payload.user_id!r} has never called")
         claim = await self.ledger.make_pending(event, self.node_id)
         log.info("outreach %s for %s: no live call, %s", event.id, event.payload.user_id, claim)
 

@@ -65,6 +65,10 @@ class Publisher(Protocol):
 
     async def send(self, event: GreetEvent | AskEvent) -> str: ...
 
+    async def send_many(self, events: Sequence[GreetEvent | AskEvent]) -> list[str | Exception]:
+        """Each event's id, or the exception that stopped it: a run publishes thousands at once."""
+        ...
+
 
 class Utterance(Protocol):
     @property
@@ -142,19 +146,25 @@ class _Sender:
         self.stats = stats
         self.first_error: str | None = None
 
-    async def send(self, event: GreetEvent | AskEvent, counter: str) -> None:
-        if event.idempotency_key in self.sent:
-            self.stats["already_sent"] += 1
+    async def send(self, decisions: Sequence[tuple[GreetEvent | AskEvent, str]]) -> None:
+        """Publish ``(event, counter)`` decisions in one batch; ``counter`` names the stat."""
+        fresh = []
+        for event, counter in decisions:
+            if event.idempotency_key in self.sent:
+                self.stats["already_sent"] += 1
+            else:
+                fresh.append((event, counter))
+        if not fresh:
             return
-        try:
-            event_id = await self.publisher.send(event)
-        except Exception as exc:
-            self.stats["publish_failed"] += 1
-            self.first_error = self.first_error or f"{type(exc).__name__}: {exc}"
-            log.warning("outreach %s for %s not published: %s", counter, event.payload.user_id, exc)
-            return
-        self.sent.add(event.idempotency_key)
-        self.stats["duplicates" if event_id != event.id else counter] += 1
+        outcomes = await self.publisher.send_many([event for event, _ in fresh])
+        for (event, counter), outcome in zip(fresh, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                self.stats["publish_failed"] += 1
+                self.first_error = self.first_error or f"{type(outcome).__name__}: {outcome}"
+                log.warning("outreach %s for %s not published: %s", counter, event.payload.user_id, outcome)
+                continue
+            self.sent.add(event.idempotency_key)
+            self.stats["duplicates" if outcome != event.id else counter] += 1
 
     def raise_if_failed(self, job: str) -> None:
         failed = self.stats["publish_failed"]
@@ -280,6 +290,7 @@ class AnalysisJob:
         while True:
             page = list(await self.intent_store.open_intents(limit=OPEN_INTENTS_PAGE, offset=offset))
             users = await load_users(self.database, {r.user_id for r in page})
+            decisions: list[tuple[GreetEvent | AskEvent, str]] = []
             for record in page:
                 decision = decide_returning(
                     record,
@@ -292,7 +303,8 @@ class AnalysisJob:
                 if isinstance(decision, Skip):
                     stats[f"skipped_{decision.reason}"] += 1
                 else:
-                    await sender.send(decision, "asks" if isinstance(decision, AskEvent) else "greets")
+                    decisions.append((decision, "asks" if isinstance(decision, AskEvent) else "greets"))
+            await sender.send(decisions)
             stats["open_intents"] += len(page)
             if len(page) < OPEN_INTENTS_PAGE:
                 return
@@ -331,8 +343,7 @@ class CheckinJob:
         live_keys = {checkin_key(call.call_id) for call in calls}
         self._sent.keep_only(lambda key: key in live_keys)  # ended calls never come back
         sender = _Sender(self.publisher, self._sent, stats)
-        for event in decisions:
-            await sender.send(event, "checkins")
+        await sender.send([(event, "checkins") for event in decisions])
         sender.raise_if_failed("checkin")
         return stats
 

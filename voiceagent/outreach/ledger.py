@@ -16,6 +16,7 @@ record deliveries that did not speak.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
@@ -29,7 +30,7 @@ from sqlalchemy.orm import selectinload
 from voiceagent.events import AskEvent, GreetEvent
 from voiceagent.events.envelope import utcnow
 from voiceagent.store.database import Database
-from voiceagent.store.models import OutreachEvent, OutreachStage
+from voiceagent.store.models import OutreachEvent, OutreachStage, User
 from voiceagent.store.records import UtcDatetime
 
 OutreachEventT = GreetEvent | AskEvent
@@ -117,6 +118,48 @@ class OutreachLedger:
             if raced is None:
                 raise
             return raced, False
+
+    async def decide_many(
+        self, events: Sequence[OutreachEventT], node_id: str | None = None
+    ) -> list[tuple[EventRecord, bool]]:
+        """:meth:`decide` for a batch in one transaction (a scheduler's run decides thousands);
+        a race with another publisher falls back to one by one."""
+        keys = [e.idempotency_key for e in events]
+        try:
+            async with self.database.sessions.begin() as session:
+                query = select(OutreachEvent).where(OutreachEvent.idempotency_key.in_(keys))
+                known = {row.idempotency_key: _record(row) for row in await session.scalars(query)}
+                results: list[tuple[EventRecord, bool]] = []
+                for event in events:
+                    if event.idempotency_key in known:
+                        results.append((known[event.idempotency_key], False))
+                        continue
+                    row = self._row(event, Status.DECIDED)
+                    session.add(row)
+                    session.add(OutreachStage(event_id=row.id, stage=Status.DECIDED, node_id=node_id))
+                    known[event.idempotency_key] = record = _record(row)
+                    results.append((record, True))
+                await session.flush()
+                return results
+        except IntegrityError:
+            return [await self.decide(event, node_id) for event in events]
+
+    async def mark_many(
+        self, event_ids: Sequence[str], stage: Status | LogOnly, *, node_id: str | None, detail: str | None
+    ) -> None:
+        """:meth:`mark` for a batch, in one transaction."""
+        if not event_ids:
+            return
+        async with self.database.sessions.begin() as session:
+            why = _cut(detail)
+            stages = [OutreachStage(event_id=i, stage=stage, node_id=node_id, detail=why) for i in event_ids]
+            session.add_all(stages)
+            if stage in Status.__members__.values():
+                await session.execute(
+                    update(OutreachEvent)
+                    .where(OutreachEvent.id.in_(event_ids), OutreachEvent.status.not_in(list(FINISHED)))
+                    .values(status=stage, updated_at=utcnow())
+                )
 
     async def mark(
         self,
@@ -235,6 +278,14 @@ class OutreachLedger:
                 row.detail = _cut(detail)
 
     # -- reading -------------------------------------------------------------------------------
+
+    async def user_exists(self, user_id: str) -> bool:
+        async with self.database.sessions() as session:
+            return await session.get(User, user_id) is not None
+
+    async def existing_users(self, user_ids: Collection[str]) -> set[str]:
+        async with self.database.sessions() as session:
+            return set(await session.scalars(select(User.id).where(User.id.in_(list(user_ids)))))
 
     async def by_key(self, key: str) -> EventRecord | None:
         async with self.database.sessions() as session:

@@ -8,7 +8,7 @@ count, and the next sweep deletes them. Publishers and nodes ask :meth:`locate` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
@@ -94,6 +94,16 @@ class SessionRegistry:
         async with self.database.sessions() as session:
             row = await session.scalar(query)
             return None if row is None else LiveSessionRecord.model_validate(row)
+
+    async def locate_many(self, user_ids: Collection[str]) -> dict[str, str]:
+        """User → the node holding their newest live call, for the users who have one."""
+        query = (
+            select(LiveSession.user_id, LiveSession.node_id)
+            .where(LiveSession.user_id.in_(list(user_ids)), LiveSession.heartbeat_at >= self._fresh_since())
+            .order_by(LiveSession.started_at)
+        )
+        async with self.database.sessions() as session:
+            return {user: node for user, node in await session.execute(query)}  # newest wins
 
     async def live(self, node_id: str | None = None) -> list[LiveSessionRecord]:
         query = select(LiveSession).where(LiveSession.heartbeat_at >= self._fresh_since())

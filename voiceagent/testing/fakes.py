@@ -30,6 +30,7 @@ from voiceagent.engines.base import (
     VADStream,
 )
 from voiceagent.engines.registry import CallEngines
+from voiceagent.events import AskEvent, GreetEvent
 from voiceagent.store import NewTurn, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -363,3 +364,31 @@ class FlakyStore:
     async def end_call(self, call_id: str, reason: str) -> Any:
         self._check()
         return await self.store.end_call(call_id, reason)
+
+
+class FakePublisher:
+    """Like OutreachPublisher: a known idempotency key returns the first event's id, unpublished;
+    the next ``failures`` sends raise as an unreachable broker does."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.published: list[GreetEvent | AskEvent] = []
+        self.ids: dict[str, str] = {}
+
+    async def send(self, event: GreetEvent | AskEvent) -> str:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker unreachable")
+        if event.idempotency_key not in self.ids:
+            self.ids[event.idempotency_key] = event.id
+            self.published.append(event)
+        return self.ids[event.idempotency_key]
+
+    async def send_many(self, events: Sequence[GreetEvent | AskEvent]) -> list[str | Exception]:
+        outcomes: list[str | Exception] = []
+        for event in events:
+            try:
+                outcomes.append(await self.send(event))
+            except ConnectionError as exc:
+                outcomes.append(exc)
+        return outcomes

@@ -10,11 +10,26 @@ temperature was fitted for calibration, so ``confidence`` reads as a probability
 
 The defaults were chosen on the ``tune`` split of tests/outreach/intent_eval.yaml (68 utterances)
 and measured on the held-out ``test`` split; see tests/outreach/test_analysis.py for the numbers.
+
+Texts are labelled once: callers repeat the same short answers ("yes", "thank you", "where is my
+order") across thousands of calls, and embedding is the whole cost (~55-60 utterances/s on one
+thread), so labels are cached by the normalised text (stripped, whitespace collapsed, casefolded).
+What is embedded is the first spelling seen (whitespace collapsed, which e5's tokenizer ignores
+anyway), so a text seen for the first time gets the label it would get without the cache; a
+later variant differing only in case takes that label. Case does move e5 a little (cosine ~0.99
+between "Where is my order?" and "where is my order?", and a score near ``min_confidence`` can
+cross it), but on the eval set written Whisper-style (capitals, punctuation) embedding it
+casefolded or as written scored within a few utterances of each other, and ASR spells a phrase
+the same way nearly every time. The cache is an LRU of ``CACHE_SIZE`` entries: a run over
+1,000,000 turns with ~3,000 distinct texts embeds ~3,000 (about a minute, instead of five hours),
+while free-form speech, mostly distinct, cannot grow it without bound. An entry is the class and
+its probability, not the embedding (a few dozen bytes instead of 1.5 KB).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,10 +69,17 @@ NONE_TOP_K = 2  # "none" score = mean of the k nearest none examples ...
 NONE_MARGIN = 0.04  # ... minus this: chit-chat must be clearly nearer the anchors than any intent
 TEMPERATURE = 0.01  # softmax temperature, fitted by maximum likelihood on the tune split
 CHUNK = 256  # utterances embedded per engine call: bounded memory, progress between calls
+CACHE_SIZE = 50_000  # labelled texts kept (LRU); see the module docstring
+
+
+def normalised(text: str) -> str:
+    """What the cache keys on: stripped, whitespace collapsed, casefolded."""
+    return " ".join(text.split()).casefold()
 
 
 class EmbeddingIntentAnalyzer(IntentAnalyzer):
-    """Nearest-centroid classifier with a "none" class; anchors are embedded once, lazily."""
+    """Nearest-centroid classifier with a "none" class; anchors are embedded once, lazily, and
+    each distinct (normalised) text once while it stays among the ``cache_size`` latest."""
 
     name = "embedding"
 
@@ -71,6 +93,7 @@ class EmbeddingIntentAnalyzer(IntentAnalyzer):
         none_top_k: int = NONE_TOP_K,
         none_margin: float = NONE_MARGIN,
         temperature: float = TEMPERATURE,
+        cache_size: int = CACHE_SIZE,
     ) -> None:
         super().__init__()
         if not 0 <= description_weight <= 1:
@@ -79,6 +102,8 @@ class EmbeddingIntentAnalyzer(IntentAnalyzer):
             raise ValueError(f"temperature must be positive, not {temperature}")
         if not none_examples or none_top_k < 1:
             raise ValueError("need at least one none example and none_top_k >= 1")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be at least 0, not {cache_size}")
         self.engine = engine
         self.intents = intents
         self.names = [intent.name for intent in intents.intents]
@@ -91,6 +116,11 @@ class EmbeddingIntentAnalyzer(IntentAnalyzer):
         self._descriptions: np.ndarray | None = None  # (intents, dim)
         self._none: np.ndarray | None = None  # (none examples, dim)
         self._lock = asyncio.Lock()
+        # normalised text -> (class index, probability); the last class is "none". Valid as long
+        # as the anchors are, i.e. for the analyzer's life (its settings are fixed at construction).
+        self._cache: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self.cache_size = cache_size
+        self.embedded = 0  # texts sent to the engine since construction (cache misses)
 
     async def prepare(self) -> None:
         """Embed the intents' examples, descriptions and the none examples (once)."""
@@ -116,23 +146,48 @@ class EmbeddingIntentAnalyzer(IntentAnalyzer):
 
     async def label(self, utterances: Sequence[Utterance]) -> list[UtteranceLabel]:
         await self.prepare()
-        spoken = [u for u in utterances if u.text.strip()]
+        keyed = [(u, key) for u in utterances if (key := normalised(u.text))]
+        # This call's verdicts, apart from the cache: a batch with more distinct texts than the
+        # cache holds must not evict its own before they are used.
+        verdicts: dict[str, tuple[int, float]] = {}
+        missing: dict[str, str] = {}  # key -> the first spelling seen, which is what gets embedded
+        for utterance, key in keyed:
+            if key in verdicts or key in missing:
+                continue
+            if (hit := self._cache.get(key)) is not None:
+                self._cache.move_to_end(key)
+                verdicts[key] = hit
+            else:
+                missing[key] = " ".join(utterance.text.split())
+        keys = list(missing)
+        for start in range(0, len(keys), CHUNK):
+            chunk = keys[start : start + CHUNK]
+            probabilities = self.probabilities(await self.engine.embed_queries([missing[k] for k in chunk]))
+            self.embedded += len(chunk)
+            for key, row in zip(chunk, probabilities, strict=True):
+                choice = int(row.argmax())
+                verdicts[key] = (choice, float(row[choice]))
+                self._remember(key, verdicts[key])
         labels: list[UtteranceLabel] = []
-        for start in range(0, len(spoken), CHUNK):
-            chunk = spoken[start : start + CHUNK]
-            rows = await self.engine.embed_queries([u.text.strip() for u in chunk])
-            probabilities = self.probabilities(rows)
-            best = probabilities.argmax(axis=1)
-            for utterance, choice, row in zip(chunk, best, probabilities, strict=True):
-                labels.append(
-                    UtteranceLabel(
-                        turn_id=utterance.turn_id,
-                        user_id=utterance.user_id,
-                        intent=self.names[choice] if choice < len(self.names) else None,
-                        confidence=float(row[choice]),
-                    )
+        for utterance, key in keyed:
+            choice, confidence = verdicts[key]
+            labels.append(
+                UtteranceLabel(
+                    turn_id=utterance.turn_id,
+                    user_id=utterance.user_id,
+                    intent=self.names[choice] if choice < len(self.names) else None,
+                    confidence=confidence,
                 )
+            )
         return labels
+
+    def _remember(self, key: str, verdict: tuple[int, float]) -> None:
+        if self.cache_size == 0:
+            return
+        self._cache[key] = verdict
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def probabilities(self, rows: np.ndarray) -> np.ndarray:
         """(utterances, intents + 1) class probabilities for embedded utterances; the last column
