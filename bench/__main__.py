@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import sys
 
-from bench import asr_vad, call_memory, calls, events, foundation, intents, llm, memory, outreach, soak, tts
+from bench import (
+    asr_vad,
+    call_memory,
+    calls,
+    events,
+    foundation,
+    intents,
+    llm,
+    memory,
+    outreach,
+    outreach_scale,
+    soak,
+    tts,
+)
 from bench.results import RESULTS_MD, save
 
 SUITES = {
@@ -18,6 +31,7 @@ SUITES = {
     "call_memory": call_memory.run,
     "intents": intents.run,
     "outreach": outreach.run,
+    "outreach_scale": outreach_scale.run,  # ~2.5 min: one analysis run over 100k users / 1M turns
     "soak": soak.run,  # 30 minutes (SOAK_MINUTES); last, so a long run does not hold up the rest
 }
 

@@ -180,12 +180,11 @@ async def test_the_same_decision_published_twice_is_spoken_once(
 async def test_an_event_that_expires_while_pending_is_never_spoken(
     manager: CallManager, node: OutreachNode
 ) -> None:
-    event = GreetEvent(
-        payload=GreetPayload(user_id="ann", text=NEWS), expires_at=utcnow() + timedelta(seconds=1)
-    )
+    expires_at = utcnow() + timedelta(seconds=5)  # time enough to be routed on a busy machine
+    event = GreetEvent(payload=GreetPayload(user_id="ann", text=NEWS), expires_at=expires_at)
     await node.publisher.publish(event)
     await status_of(node, event.id, Status.PENDING)
-    await asyncio.sleep(1.5)
+    await asyncio.sleep((expires_at - utcnow()).total_seconds() + 0.2)
     ann = await dial(manager, user_id="ann")
     await asyncio.sleep(SETTINGS.invisible_s)  # time for any opening prompt to have started
     assert not prompts(ann) and not [e for e in ann.events if e.get("kind") == "agent_text"]
@@ -227,3 +226,19 @@ async def test_an_event_for_a_user_who_never_called_is_dead_lettered(node: Outre
     assert letter.message.properties["va_dlq_reason"] == "unknown_user"
     assert await node.ledger.get(ghost.id) is None  # nothing recorded, nothing pending
     await letters.close()
+
+
+async def test_an_event_made_pending_while_the_user_was_calling_is_spoken_in_that_call(
+    manager: CallManager, node: OutreachNode
+) -> None:
+    """The router found no call (the registry lagged, or the call was starting at that moment):
+    the event went pending. The node holding the call finds it at its next heartbeat."""
+    ann = await dial(manager, user_id="ann")
+    await until(lambda: ann.call_id in node._registered)
+    await asyncio.sleep(SETTINGS.heartbeat_s * 2)  # well past the call's start: nothing pending then
+    event = AskEvent(payload=AskPayload(user_id="ann", question="Shall I book the table for two?"))
+    await node.ledger.make_pending(event, "a-router-that-saw-no-call")
+    turn = await ann.wait_event("turn", 0, initiator="agent")
+    assert (turn["agent_text_heard"], turn["event_id"]) == ("Shall I book the table for two?", event.id)
+    await status_of(node, event.id, Status.HEARD)
+    await ann.hang_up()

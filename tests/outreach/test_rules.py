@@ -3,6 +3,7 @@ scheduler jobs that apply them, with a fake analyzer, intent store and publisher
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -88,6 +89,7 @@ def test_without_a_display_name_the_user_id_is_the_name() -> None:
 def test_a_missing_variable_skips_the_decision_rather_than_half_filling_it(
     attributes: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="voiceagent.outreach.rules")  # the job logs a summary
     user = UserView(id="ann", display_name="Ann", attributes=attributes)
     decision = decide_returning(
         Record("ann", "order_status"), INTENTS, user, in_call=False, rules=RULES, now=NOW

@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -314,6 +314,34 @@ class OutreachLedger:
             )
             .order_by(OutreachEvent.created_at, OutreachEvent.id)
             .limit(20)
+        )
+        async with self.database.sessions() as session:
+            return [_record(row) for row in await session.scalars(query)]
+
+    async def stranded_for(
+        self, user_ids: Collection[str], in_flight_since: datetime, now: datetime | None = None
+    ) -> list[EventRecord]:
+        """Events for these users (in live calls) that no delivery is working on: pending (no call
+        was known when they arrived), held by a lapsed claim (a dead node's), or published before
+        ``in_flight_since`` and still not taken (their message sits with a node that died)."""
+        now = now or utcnow()
+        lapsed = or_(OutreachEvent.claimed_until.is_(None), OutreachEvent.claimed_until < now)
+        query = (
+            select(OutreachEvent)
+            .where(
+                OutreachEvent.user_id.in_(list(user_ids)),
+                or_(OutreachEvent.expires_at.is_(None), OutreachEvent.expires_at > now),
+                or_(
+                    OutreachEvent.status == Status.PENDING,
+                    and_(OutreachEvent.status.in_([Status.ROUTED, Status.SPOKEN]), lapsed),
+                    and_(
+                        OutreachEvent.status.in_([Status.DECIDED, Status.PUBLISHED]),
+                        OutreachEvent.updated_at < in_flight_since,
+                    ),
+                ),
+            )
+            .order_by(OutreachEvent.created_at, OutreachEvent.id)
+            .limit(200)
         )
         async with self.database.sessions() as session:
             return [_record(row) for row in await session.scalars(query)]

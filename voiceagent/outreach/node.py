@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -20,9 +21,10 @@ from pydantic import TypeAdapter
 from voiceagent.calls.session import CallManager, CallSession
 from voiceagent.config import OutreachSettings
 from voiceagent.events import AskEvent, BusError, EventBus, EventConsumer, GreetEvent
+from voiceagent.events.envelope import utcnow
 from voiceagent.outreach.delivery import ClaimedElsewhere, OutreachDelivery, PromptNotHeard
 from voiceagent.outreach.identity import CallerTrust, ClaimedIdentity
-from voiceagent.outreach.ledger import OutreachEventT, OutreachLedger
+from voiceagent.outreach.ledger import EventRecord, OutreachEventT, OutreachLedger
 from voiceagent.outreach.publisher import OutreachPublisher
 from voiceagent.outreach.registry import SessionRegistry
 from voiceagent.outreach.routing import ROUTER_GROUP, UNROUTED_TAG, node_group, node_tag
@@ -66,6 +68,7 @@ class OutreachNode:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._openings: dict[str, set[asyncio.Task[Any]]] = {}  # call id → pending prompts being said
         self._registered: set[str] = set()
+        self._saying: set[str] = set()  # events this node is trying to say from the ledger
         calls.listeners.append(self)
 
     async def start(self) -> None:
@@ -135,10 +138,35 @@ class OutreachNode:
                         await self._register(session)
                 activity = {s.id: s.last_activity_at for s in self.calls.sessions.values()}
                 await self.registry.heartbeat(self.node_id, activity)
+                await self._say_stranded()
                 if beats % SWEEP_EVERY == 0:
                     await self.registry.sweep()
             except Exception as exc:
                 log.warning("outreach: registry heartbeat failed: %s: %s", type(exc).__name__, exc)
+
+    async def _say_stranded(self) -> None:
+        """Pending events for callers who are in a call here now: the event arrived while no call
+        was known for them (the registry lagging, a call starting that very moment), or its
+        delivery died with a node. Said at the next safe point, like any prompt."""
+        sessions: dict[str, CallSession] = {}
+        for session in self.calls.sessions.values():  # the newest call of each trusted caller
+            if self.trust.trusts(session) and session.id in self._registered:
+                known = sessions.get(session.user_id)
+                if known is None or known.started_at < session.started_at:
+                    sessions[session.user_id] = session
+        if not sessions:
+            return
+        in_flight_since = utcnow() - timedelta(seconds=2 * self.settings.invisible_s)
+        for record in await self.ledger.stranded_for(sessions, in_flight_since):
+            if record.id not in self._saying:
+                self._say_later(record, sessions[record.user_id])
+
+    def _say_later(self, record: EventRecord, session: CallSession) -> None:
+        event = _EVENT.validate_python(record.body)
+        openings = self._openings.setdefault(session.id, set())
+        task = self._spawn(self._say_pending(event, session), f"opening-{session.id}-{event.id}")
+        openings.add(task)
+        task.add_done_callback(openings.discard)
 
     async def _register(self, session: CallSession) -> None:
         await self.registry.register(session.id, session.user_id, self.node_id)
@@ -177,14 +205,18 @@ class OutreachNode:
         except Exception as exc:
             log.warning("outreach: pending prompts for %s unknown: %s", session.user_id, exc)
             return
-        openings = self._openings.setdefault(session.id, set())
         for record in pending:
-            event = _EVENT.validate_python(record.body)
-            task = self._spawn(self._say_pending(event, session), f"opening-{session.id}-{event.id}")
-            openings.add(task)
-            task.add_done_callback(openings.discard)
+            if record.id not in self._saying:
+                self._say_later(record, session)
 
     async def _say_pending(self, event: OutreachEventT, session: CallSession) -> None:
+        self._saying.add(event.id)
+        try:
+            await self._keep_trying(event, session)
+        finally:
+            self._saying.discard(event.id)
+
+    async def _keep_trying(self, event: OutreachEventT, session: CallSession) -> None:
         while session.id in self.calls.sessions:
             try:
                 await self.delivery.speak(event, session)
