@@ -46,7 +46,7 @@ async def _until_settled(
     http: httpx.AsyncClient,
     event_ids: list[str],
     within_s: float = 300.0,
-    settled: tuple[str, ...] = ("acked",),
+    settled: tuple[str, ...] = ("heard", "acked"),
 ) -> None:
     pending = set(event_ids)
     async with asyncio.timeout(within_s):
@@ -132,7 +132,7 @@ async def _run() -> dict[str, Metric]:
                 ids = [r.json()["event_id"] for r in await asyncio.gather(*sends)]
                 published_s = time.perf_counter() - started
                 # A newer ask for a user replaces one still waiting (superseded): settled too.
-                await _until_settled(on_a, ids, within_s=900, settled=("acked", "superseded"))
+                await _until_settled(on_a, ids, within_s=900, settled=("heard", "acked", "superseded"))
                 total_s = time.perf_counter() - started
         finally:
             await asyncio.gather(*(c.close() for c in calls))

@@ -21,7 +21,7 @@ from tests.events.conftest import ROCKETMQ_ENV
 from tests.integration.broken_llm import BrokenLLM
 from tests.serve_process import ServeProcess
 
-CLAIM_S = 4.0  # short leases, so a dead node's claim lapses within a test
+CLAIM_S = 6.0  # short leases, so a dead node's claim lapses within a test
 INVISIBLE_S = 15.0  # most prompts finish unextended (extensions bring copies back: events/consumer.py)
 
 

@@ -63,3 +63,17 @@ def rms_dbfs(samples: np.ndarray) -> float:
         return float("-inf")
     rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
     return 20 * np.log10(rms) if rms > 0 else float("-inf")
+
+
+def trim_leading_silence(
+    pcm: bytes, sample_rate: int, *, threshold: int = 330, keep_s: float = 0.01
+) -> bytes:
+    """Int16 ``pcm`` from just before its first sample at or above ``threshold`` (-40 dBFS),
+    keeping ``keep_s`` of lead-in. Piper starts each sentence with 40-55 ms of silence: at the
+    start of a reply that is latency the caller hears as nothing. All silence is left as it is."""
+    samples = np.frombuffer(pcm, dtype="<i2")
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) >= threshold)
+    if loud.size == 0:
+        return pcm
+    start = max(0, int(loud[0]) - int(keep_s * sample_rate))
+    return pcm[start * 2 :]

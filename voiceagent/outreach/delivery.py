@@ -82,6 +82,10 @@ class OutreachDelivery:
         self.publisher = publisher
         self.node_id = node_id
         self.claim_s = claim_s
+        # Events this node is saying now, whichever path brought them (its consumers, a call's
+        # opening, the heartbeat's sweep): a second path waits here without asking the store,
+        # even if a slow store let this node's own claim lapse meanwhile.
+        self.in_progress: set[str] = set()
 
     async def __call__(self, event: AnyEvent) -> None:
         if not isinstance(event, GreetEvent | AskEvent):
@@ -108,6 +112,15 @@ class OutreachDelivery:
 
     async def speak(self, event: OutreachEventT, session: LiveCall) -> SpeechResult | None:
         """Claim the event and say it in ``session``; None when it was not ours to say."""
+        if event.id in self.in_progress:
+            raise ClaimedElsewhere(f"event {event.id} is being said on this node")
+        self.in_progress.add(event.id)
+        try:
+            return await self._claim_and_say(event, session)
+        finally:
+            self.in_progress.discard(event.id)
+
+    async def _claim_and_say(self, event: OutreachEventT, session: LiveCall) -> SpeechResult | None:
         claim = await self.ledger.claim(event, self.node_id, session.id, self.claim_s)
         if claim == Claim.BUSY:
             raise ClaimedElsewhere(f"event {event.id} is held by another delivery")

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from voiceagent.engines.audio import trim_leading_silence
 from voiceagent.engines.base import (
     PCM_RATE,
     ASREngine,
@@ -495,8 +496,10 @@ class Conversation:
         try:
             async with contextlib.aclosing(self.tts.synthesize(sentence)) as audio:
                 async for chunk in audio:
-                    text = sentence if first_chunk else ""
-                    self.playout.enqueue(chunk.model_copy(update={"text": text}))
+                    update: dict[str, object] = {"text": sentence if first_chunk else ""}
+                    if first_chunk and turn.first_audio_s is None:  # the reply's very first sound
+                        update["pcm"] = trim_leading_silence(chunk.pcm, chunk.sample_rate)
+                    self.playout.enqueue(chunk.model_copy(update=update))
                     if first_chunk:
                         self._started_speaking(turn, sentence)
                         first_chunk = False
