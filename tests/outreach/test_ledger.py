@@ -149,3 +149,16 @@ async def test_each_outcome_of_a_prompt_settles_its_event(
     # Whatever the outcome, a second delivery never speaks a settled prompt again.
     again = await ledger.claim(event, "node-b", "call-2", 30)
     assert again == (Claim.CLAIMED if status == Status.PENDING else Claim.FINISHED)
+
+
+async def test_a_node_faster_than_the_publishers_bookkeeping_keeps_its_outcome(database: Database) -> None:
+    """The broker hands the event to a node (pending: no call) before the publisher has written
+    ``published``: the late write is logged as a stage and does not undo the node's outcome."""
+    ledger, event = OutreachLedger(database), greet()
+    await ledger.decide(event)
+    await ledger.make_pending(event, "node-a")
+    await ledger.mark_many([event.id], Status.PUBLISHED, node_id="publisher", detail="unrouted")
+    assert not await ledger.mark(event.id, Status.PUBLISHED, node_id="publisher")
+    record = await ledger.get(event.id)
+    assert record is not None and record.status == Status.PENDING
+    assert [s.stage for s in record.stages] == ["decided", "pending", "published", "published"]

@@ -157,7 +157,7 @@ class OutreachLedger:
             if stage in Status.__members__.values():
                 await session.execute(
                     update(OutreachEvent)
-                    .where(OutreachEvent.id.in_(event_ids), OutreachEvent.status.not_in(list(FINISHED)))
+                    .where(OutreachEvent.id.in_(event_ids), OutreachEvent.status.in_(_may_become(stage)))
                     .values(status=stage, updated_at=utcnow())
                 )
 
@@ -179,7 +179,7 @@ class OutreachLedger:
             session.add(OutreachStage(event_id=event_id, stage=stage, node_id=node_id, detail=_cut(detail)))
             if stage not in Status.__members__.values():
                 return False
-            if unless_finished and row.status in FINISHED:
+            if unless_finished and row.status not in _may_become(stage):
                 return False
             row.status, row.updated_at = stage, utcnow()
             if detail is not None:
@@ -400,6 +400,15 @@ def _record(row: OutreachEvent, with_stages: bool = False) -> EventRecord:
 def _utc(moment: datetime) -> datetime:
     # SQLite hands back naive datetimes even for timezone=True columns; all we store is UTC.
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _may_become(stage: Status | str) -> list[str]:
+    """The statuses an event may move to ``stage`` from. ``published`` only follows ``decided``:
+    a node can take the message (routed, pending, even heard) before the publisher has written
+    that it was published."""
+    if stage == Status.PUBLISHED:
+        return [Status.DECIDED]
+    return [s for s in Status if s not in FINISHED]
 
 
 def _cut(detail: str | None) -> str | None:
