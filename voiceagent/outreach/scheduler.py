@@ -342,8 +342,15 @@ class OutreachScheduler:
             outcome = RunOutcome(name, slot, "succeeded", stats)
         if outcome.status == "failed":
             log.warning("outreach %s slot %s failed: %s", name, slot.isoformat(), outcome.detail)
-        else:
-            log.info("outreach %s slot %s done: %s", name, slot.isoformat(), dict(outcome.stats))
+        else:  # a run that did something is worth a line; an idle check-in every 10 s is not
+            busy = any(v for k, v in outcome.stats.items() if k not in ("watermark", "live_calls"))
+            log.log(
+                logging.INFO if busy else logging.DEBUG,
+                "outreach %s slot %s done: %s",
+                name,
+                slot.isoformat(),
+                dict(outcome.stats),
+            )
         await self._record(name, slot, outcome.status, outcome.stats, outcome.detail)
         return outcome
 
