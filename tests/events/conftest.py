@@ -7,6 +7,7 @@ shared broker topics (a new RocketMQ group may start at the earliest or the late
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -14,11 +15,25 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_service
-from voiceagent.config import EventSettings, RocketMQSettings
+from voiceagent.config import EventSettings, LocalBrokerSettings, RocketMQSettings
 from voiceagent.events import EventBus, MessageBus
 from voiceagent.events.factory import create_transport
+from voiceagent.events.rocketmq.broker import LocalBroker
 
 ROCKETMQ_ENV = "VA_TEST_ROCKETMQ_ENDPOINT"
+
+
+def restartable_broker() -> LocalBroker:
+    """The broker `make test` started, to stop and start again from this very process: a broker
+    (re)started here is this process's child, so only this process can reap it when it stops."""
+    endpoint = require_service("RocketMQ", ROCKETMQ_ENV)
+    settings = event_settings("rocketmq", endpoint)
+    local = LocalBrokerSettings(data_dir=os.environ["VA_TEST_ROCKETMQ_DATA_DIR"])
+    return LocalBroker(
+        RocketMQSettings(endpoints=endpoint, local=local),
+        {t.name: t.message_type for t in settings.topics.values()},
+        say=print,
+    )
 
 
 def event_settings(backend: str, endpoint: str = "127.0.0.1:8081", **overrides: object) -> EventSettings:

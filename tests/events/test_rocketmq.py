@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_service
-from tests.events.conftest import ROCKETMQ_ENV, Records, event_settings
+from tests.events.conftest import ROCKETMQ_ENV, Records, event_settings, restartable_broker
 from tests.events.grpc_relay import Relay
-from voiceagent.config import LocalBrokerSettings, RocketMQSettings
 from voiceagent.events import (
     BrokerUnavailable,
     EventBus,
@@ -29,7 +28,6 @@ from voiceagent.events import (
 )
 from voiceagent.events.factory import create_transport
 from voiceagent.events.rocketmq import outage
-from voiceagent.events.rocketmq.broker import LocalBroker
 from voiceagent.events.rocketmq.outage import FUTURES_LOGGER
 
 pytestmark = [pytest.mark.rocketmq, pytest.mark.integration]
@@ -73,13 +71,8 @@ async def test_broker_limits_are_our_errors() -> None:
 
 
 async def test_a_broker_restart_loses_no_event_acknowledged_as_sent(unique: Unique) -> None:
-    endpoint = require_service("RocketMQ", ROCKETMQ_ENV)
-    data_dir = os.environ["VA_TEST_ROCKETMQ_DATA_DIR"]
-    settings = event_settings("rocketmq", endpoint)
-    broker_settings = RocketMQSettings(endpoints=endpoint, local=LocalBrokerSettings(data_dir=data_dir))
-    broker = LocalBroker(
-        broker_settings, {t.name: t.message_type for t in settings.topics.values()}, say=print
-    )
+    settings = event_settings("rocketmq", require_service("RocketMQ", ROCKETMQ_ENV))
+    broker = restartable_broker()
     transport = create_transport(settings)
     await transport.start()
     bus = EventBus(transport, settings)

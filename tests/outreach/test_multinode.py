@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.events.conftest import restartable_broker
 from tests.outreach.cluster import INVISIBLE_S, Cluster, SchedulerProcess, start_cluster
 from tests.serve_process import ServeProcess
 from tests.transport.client import RemoteCall, SpeechSource, call_server
@@ -46,7 +47,6 @@ LONG_NEWS = (
 SHORT_NEWS = "Hello again. Your refund is on its way."
 # Generous: prompts are a few seconds of audio; only a lost or stuck prompt takes this long.
 DEADLINE_S = 60.0
-ROCKETMQ_DATA_DIR = "VA_TEST_ROCKETMQ_DATA_DIR"  # the tests' broker, which one test restarts
 EXPIRES_S = 8.0  # long enough to be routed (an event already expired on arrival is dead-lettered)
 
 
@@ -281,8 +281,7 @@ async def test_the_broker_restarted_while_the_scheduler_publishes_loses_no_event
                 await asyncio.sleep(0.5)
 
     before, during = [user("before") for _ in range(10)], [user("during") for _ in range(10)]
-    broker = {**os.environ, "VOICEAGENT_EVENTS__ROCKETMQ__LOCAL__DATA_DIR": os.environ[ROCKETMQ_DATA_DIR]}
-    command = [sys.executable, "-m", "voiceagent", "broker"]
+    broker = restartable_broker()
     scheduler = SchedulerProcess(
         cluster, tmp_path, "sched-broker",
         VOICEAGENT_OUTREACH__SCHEDULER__ANALYSIS__INTERVAL_S="3",
@@ -294,8 +293,7 @@ async def test_the_broker_restarted_while_the_scheduler_publishes_loses_no_event
         scheduler.wait_running()
         await until_all_pending(before, DEADLINE_S)  # published and routed while the broker is up
 
-        stop = await asyncio.to_thread(subprocess.run, [*command, "stop"], env=broker, timeout=120)
-        assert stop.returncode == 0
+        await asyncio.to_thread(broker.stop)
         await open_intents_for(during)  # decided while the broker is down
         async with asyncio.timeout(DEADLINE_S):  # runs meet the down broker: publishes fail
             while not any(
@@ -305,8 +303,7 @@ async def test_the_broker_restarted_while_the_scheduler_publishes_loses_no_event
                 for s in e.stages
             ):
                 await asyncio.sleep(0.5)
-        start = await asyncio.to_thread(subprocess.run, [*command, "start"], env=broker, timeout=300)
-        assert start.returncode == 0
+        await asyncio.to_thread(broker.start)
 
         after = await until_all_pending(during, 180)  # a later run publishes them; nodes route them
         earlier = await events_of(before)
