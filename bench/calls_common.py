@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bench.results import percentile
+from tests.serve_process import stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,13 +53,7 @@ class BenchServer:
             return data
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

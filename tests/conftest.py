@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from voiceagent.config import Settings, StoreSettings
 from voiceagent.engines.settings import EngineSettings
+from voiceagent.store import Database
 
 POSTGRES_URL_ENV = "VA_TEST_POSTGRES_URL"
 
@@ -74,6 +75,27 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every store test runs on the embedded SQLite and on the real PostgreSQL server."""
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     yield request.getfixturevalue(fixture)
+
+
+async def open_migrated(url: str) -> Database:
+    database = Database(StoreSettings(url=url))
+    await database.migrate()
+    return database
+
+
+@pytest.fixture
+async def database(store_url: str) -> AsyncIterator[Database]:
+    """A migrated database, once on SQLite and once on PostgreSQL."""
+    database = await open_migrated(store_url)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def sqlite_database(sqlite_url: str) -> AsyncIterator[Database]:
+    database = await open_migrated(sqlite_url)
+    yield database
+    await database.close()
 
 
 @pytest.fixture

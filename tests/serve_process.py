@@ -1,4 +1,4 @@
-"""`voiceagent serve --port 0` as a real child process: the one way tests and benchmarks start it."""
+"""`voiceagent serve` and other `voiceagent` commands as real child processes, as users run them."""
 
 from __future__ import annotations
 
@@ -7,31 +7,55 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
 
 
-class ServeProcess:
-    """Starts at construction with the caller's VOICEAGENT_* settings only (never the developer's);
-    stdout and stderr go to ``cwd/server-N.log``."""
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``; the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
 
-    def __init__(self, cwd: Path, *args: str, **settings: str) -> None:
+
+class VoiceagentProcess:
+    """``voiceagent <command>`` started at construction with the caller's VOICEAGENT_* settings
+    only (never the developer's); stdout and stderr go to ``cwd/<log_name>``."""
+
+    def __init__(self, cwd: Path, command: Sequence[str], log_name: str, **settings: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEAGENT_")}
         env.update(settings)
-        self.log_path = cwd / f"server-{len(list(cwd.glob('server-*.log')))}.log"
+        self.log_path = cwd / log_name
         with self.log_path.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "voiceagent", "serve", "--port", "0", *args],
+                [sys.executable, "-m", "voiceagent", *command],
                 stdout=log, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env,
             )  # fmt: skip
-        self.base_url = ""
 
     @property
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def stop(self, timeout: float = 30) -> int:
+        return stop_process(self.proc, timeout)
+
+
+class ServeProcess(VoiceagentProcess):
+    """`voiceagent serve --port 0`; its log is ``cwd/server-N.log``."""
+
+    def __init__(self, cwd: Path, *args: str, **settings: str) -> None:
+        log_name = f"server-{len(list(cwd.glob('server-*.log')))}.log"
+        super().__init__(cwd, ["serve", "--port", "0", *args], log_name, **settings)
+        self.base_url = ""
 
     def wait_listening(self, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
@@ -59,12 +83,3 @@ class ServeProcess:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log}")
             time.sleep(interval)
         raise AssertionError(f"{path} not OK within {timeout} s:\n{self.log}")
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()

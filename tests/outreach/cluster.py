@@ -4,9 +4,6 @@ with a scripted OpenAI-compatible LLM: what the multi-node tests and the outreac
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +16,7 @@ from tempfile import TemporaryDirectory
 from tests.conftest import POSTGRES_URL_ENV, require_service
 from tests.events.conftest import ROCKETMQ_ENV
 from tests.integration.broken_llm import BrokenLLM
-from tests.serve_process import ServeProcess
+from tests.serve_process import ServeProcess, VoiceagentProcess
 
 CLAIM_S = 6.0  # short leases, so a dead node's claim lapses within a test
 INVISIBLE_S = 15.0  # most prompts finish unextended (extensions bring copies back: events/consumer.py)
@@ -91,22 +88,12 @@ def start_cluster(name: str, workdir: Path | None = None) -> Iterator[Cluster]:
             llm.stop()
 
 
-class SchedulerProcess:
+class SchedulerProcess(VoiceagentProcess):
     """`voiceagent outreach run` against the cluster's store and broker; log in ``workdir``."""
 
     def __init__(self, cluster: Cluster, workdir: Path, name: str, **settings: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEAGENT_")}
-        env.update(cluster.env, VOICEAGENT_NODE_ID=name, **settings)
-        self.log_path = workdir / f"{name}.log"
-        with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "voiceagent", "outreach", "run"],
-                stdout=log, stderr=subprocess.STDOUT, text=True, cwd=workdir, env=env,
-            )  # fmt: skip
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
+        everything = {**cluster.env, "VOICEAGENT_NODE_ID": name, **settings}
+        super().__init__(workdir, ["outreach", "run"], f"{name}.log", **everything)
 
     def wait_running(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -118,12 +105,3 @@ class SchedulerProcess:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(30)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 
-from voiceagent.config import LLMSettings, StoreSettings
+from voiceagent.config import LLMSettings
 from voiceagent.engines.base import EmbeddingEngine
 from voiceagent.outreach.analysis import (
     AnalysisError,
@@ -306,14 +306,6 @@ def test_llm_needs_a_base_url() -> None:
 
 
 # -- the intent store -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def database(store_url: str) -> AsyncIterator[Database]:
-    db = Database(StoreSettings(url=store_url))
-    await db.migrate()
-    yield db
-    await db.close()
 
 
 @pytest.fixture

@@ -5,13 +5,11 @@ lapse; and what each outcome of a prompt does to its event."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
 
-from voiceagent.config import StoreSettings
 from voiceagent.events import GreetEvent, GreetPayload
 from voiceagent.events.envelope import utcnow
 from voiceagent.outreach.delivery import OutreachDelivery, PromptNotHeard
@@ -19,14 +17,6 @@ from voiceagent.outreach.ledger import Claim, OutreachLedger, Status
 from voiceagent.outreach.registry import SessionRegistry
 from voiceagent.pipeline.speech import SpeechHandle, SpeechOutcome, SpeechResult
 from voiceagent.store import Database
-
-
-@pytest.fixture
-async def database(store_url: str) -> AsyncIterator[Database]:
-    database = Database(StoreSettings(url=store_url))
-    await database.migrate()
-    yield database
-    await database.close()
 
 
 def greet(user: str = "ann", key: str = "greet:ann:1", **kw: object) -> GreetEvent:

@@ -4,7 +4,7 @@ scheduler jobs that apply them, with a fake analyzer, intent store and publisher
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -257,14 +257,12 @@ class Turns:
 
 
 @pytest.fixture
-async def database(sqlite_url: str) -> AsyncIterator[Database]:
-    database = Database(StoreSettings(url=sqlite_url))
-    await database.migrate()
-    store = Store(database)
+async def database(sqlite_database: Database) -> Database:
+    """Ann and Bob, who called before."""
+    store = Store(sqlite_database)
     await store.touch_user("ann", display_name="Ann", attributes={"item": "blue kettle"})
     await store.touch_user("bob", display_name="Bob")
-    yield database
-    await database.close()
+    return sqlite_database
 
 
 SETTINGS = OutreachSettings(analysis=AnalysisSettings(batch_turns=2, min_confidence=0.5))

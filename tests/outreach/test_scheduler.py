@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from voiceagent.config import JobSchedule, OutreachSettings, SchedulerSettings, Settings, StoreSettings
+from tests.conftest import open_migrated
+from voiceagent.config import JobSchedule, OutreachSettings, SchedulerSettings, Settings
 from voiceagent.outreach.jobs import CheckinJob
 from voiceagent.outreach.process import run_outreach_process
 from voiceagent.outreach.runs import ABANDONED, RunLedger, RunRecord, Watermarks
@@ -41,26 +42,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-async def open_database(url: str) -> Database:
-    database = Database(StoreSettings(url=url))
-    await database.migrate()
-    return database
-
-
-@pytest.fixture
-async def database(store_url: str) -> AsyncIterator[Database]:
-    database = await open_database(store_url)
-    yield database
-    await database.close()
-
-
-@pytest.fixture
-async def sqlite_db(sqlite_url: str) -> AsyncIterator[Database]:
-    database = await open_database(sqlite_url)
-    yield database
-    await database.close()
 
 
 async def until(condition: Callable[[], Awaitable[bool]], within_s: float = 60.0) -> None:
@@ -133,7 +114,7 @@ async def test_a_slot_is_claimed_once_and_closed_by_its_runner(database: Databas
 
 async def test_two_ledgers_racing_for_the_same_slots_each_win_exactly_once(store_url: str) -> None:
     # Two engines on one database, as two scheduler processes would have.
-    first, second = await open_database(store_url), await open_database(store_url)
+    first, second = await open_migrated(store_url), await open_migrated(store_url)
     try:
         ledgers = [
             RunLedger(first, "a"),
@@ -262,24 +243,30 @@ def test_cron_fire_times_are_their_own_slots_and_agree_with_the_trigger() -> Non
 
 
 @pytest.mark.parametrize("cron", ["0 9 * * 8", "61 * * * *", "* * *", "0 9 * * 5-2"])
-def test_a_bad_cron_expression_is_refused_naming_the_job(cron: str, sqlite_db: Database) -> None:
+def test_a_bad_cron_expression_is_refused_naming_the_job(cron: str, sqlite_database: Database) -> None:
     with pytest.raises(ValueError, match="cron"):
         crontab_trigger(cron)
     settings = SchedulerSettings(checkin=JobSchedule(cron=cron))
     with pytest.raises(ValueError, match=r"outreach\.scheduler\.checkin"):
-        OutreachScheduler(settings, RunLedger(sqlite_db, "a"), {"checkin": CountingJob()})
+        OutreachScheduler(settings, RunLedger(sqlite_database, "a"), {"checkin": CountingJob()})
 
 
 # --- the scheduler ----------------------------------------------------------------------------
 
 
-async def test_catch_up_after_a_restart_runs_the_newest_missed_slot_exactly_once(sqlite_db: Database) -> None:
+async def test_catch_up_after_a_restart_runs_the_newest_missed_slot_exactly_once(
+    sqlite_database: Database,
+) -> None:
     job = CountingJob()
     clock = Clock(datetime(2026, 11, 25, 10, 30, tzinfo=UTC))
 
     async def run_once() -> None:
         scheduler = OutreachScheduler(
-            hourly(), RunLedger(sqlite_db, "node/1", clock), {"analysis": job}, clock=clock, stop_grace_s=60
+            hourly(),
+            RunLedger(sqlite_database, "node/1", clock),
+            {"analysis": job},
+            clock=clock,
+            stop_grace_s=60,
         )
         await scheduler.start()
         await scheduler.stop()  # waits for the catch-up run
@@ -298,14 +285,14 @@ async def test_catch_up_after_a_restart_runs_the_newest_missed_slot_exactly_once
         datetime(2026, 11, 25, 10, tzinfo=UTC): 1,
         datetime(2026, 11, 25, 13, tzinfo=UTC): 1,
     }
-    rows = await RunLedger(sqlite_db, "x").recent("analysis")
+    rows = await RunLedger(sqlite_database, "x").recent("analysis")
     assert [(r.slot.hour, r.status) for r in rows] == [(13, "succeeded"), (10, "succeeded")]
 
 
-async def test_without_catch_up_a_start_runs_nothing(sqlite_db: Database) -> None:
+async def test_without_catch_up_a_start_runs_nothing(sqlite_database: Database) -> None:
     job = CountingJob()
     scheduler = OutreachScheduler(
-        hourly(catch_up=False), RunLedger(sqlite_db, "a"), {"analysis": job}, clock=Clock()
+        hourly(catch_up=False), RunLedger(sqlite_database, "a"), {"analysis": job}, clock=Clock()
     )
     async with scheduler:
         assert scheduler.running
@@ -315,7 +302,7 @@ async def test_without_catch_up_a_start_runs_nothing(sqlite_db: Database) -> Non
 async def test_two_schedulers_started_together_run_the_due_slot_once(sqlite_url: str) -> None:
     job = CountingJob()
     clock = Clock()
-    databases = [await open_database(sqlite_url), await open_database(sqlite_url)]
+    databases = [await open_migrated(sqlite_url), await open_migrated(sqlite_url)]
     try:
         schedulers = [
             OutreachScheduler(hourly(), RunLedger(db, f"node-{i}/1"), {"analysis": job}, clock=clock)
@@ -333,7 +320,7 @@ async def test_two_live_schedulers_never_run_a_slot_twice(sqlite_url: str) -> No
     """Real triggers, real clock: each slot in the ledger was run by exactly one of the two."""
     job = CountingJob()
     settings = SchedulerSettings(analysis=JobSchedule(interval_s=0.5), checkin=JobSchedule(interval_s=60))
-    databases = [await open_database(sqlite_url), await open_database(sqlite_url)]
+    databases = [await open_migrated(sqlite_url), await open_migrated(sqlite_url)]
     ledgers = [RunLedger(db, f"node-{i}/1") for i, db in enumerate(databases)]
     schedulers = [OutreachScheduler(settings, ledger, {"analysis": job}) for ledger in ledgers]
     try:
@@ -358,10 +345,10 @@ async def test_two_live_schedulers_never_run_a_slot_twice(sqlite_url: str) -> No
             await db.close()
 
 
-async def test_a_failing_job_fails_its_run_and_the_scheduler_keeps_going(sqlite_db: Database) -> None:
+async def test_a_failing_job_fails_its_run_and_the_scheduler_keeps_going(sqlite_database: Database) -> None:
     job = CountingJob()
     job.fail_next = 2
-    ledger = RunLedger(sqlite_db, "a")
+    ledger = RunLedger(sqlite_database, "a")
     settings = SchedulerSettings(analysis=JobSchedule(interval_s=0.5), checkin=JobSchedule(interval_s=60))
     async with OutreachScheduler(settings, ledger, {"analysis": job}) as scheduler:
 
@@ -375,9 +362,9 @@ async def test_a_failing_job_fails_its_run_and_the_scheduler_keeps_going(sqlite_
     assert {r.detail for r in failed} == {"RuntimeError: broker down"}
 
 
-async def test_a_run_is_failed_with_its_stats_kept_or_when_it_times_out(sqlite_db: Database) -> None:
+async def test_a_run_is_failed_with_its_stats_kept_or_when_it_times_out(sqlite_database: Database) -> None:
     clock = Clock()
-    ledger = RunLedger(sqlite_db, "a", clock)
+    ledger = RunLedger(sqlite_database, "a", clock)
 
     async def partial(slot: datetime) -> Mapping[str, Any]:
         raise JobFailed("checkin: 1 publish(es) failed", {"checkins": 3, "publish_failed": 1})
@@ -404,10 +391,12 @@ async def test_a_run_is_failed_with_its_stats_kept_or_when_it_times_out(sqlite_d
     assert again.status == "taken"
 
 
-async def test_stop_cancels_a_run_past_the_grace_period_and_marks_it_failed(sqlite_db: Database) -> None:
+async def test_stop_cancels_a_run_past_the_grace_period_and_marks_it_failed(
+    sqlite_database: Database,
+) -> None:
     job = CountingJob()
     job.gate = asyncio.Event()  # never set
-    ledger = RunLedger(sqlite_db, "a")
+    ledger = RunLedger(sqlite_database, "a")
     scheduler = OutreachScheduler(hourly(), ledger, {"analysis": job}, clock=Clock(), stop_grace_s=0.1)
     await scheduler.start()
     async with asyncio.timeout(60):
@@ -418,10 +407,12 @@ async def test_stop_cancels_a_run_past_the_grace_period_and_marks_it_failed(sqli
     assert row.detail.startswith("cancelled")
 
 
-async def test_housekeeping_marks_a_dead_runners_run_and_keeps_the_newest_slot(sqlite_db: Database) -> None:
+async def test_housekeeping_marks_a_dead_runners_run_and_keeps_the_newest_slot(
+    sqlite_database: Database,
+) -> None:
     clock = Clock()  # 10:30
     hour = T0.replace(minute=0)
-    dead = RunLedger(sqlite_db, "node-a/1", clock)
+    dead = RunLedger(sqlite_database, "node-a/1", clock)
     assert await dead.claim("analysis", hour)  # 10:00, never finished
     for h in (1, 2):
         assert await dead.claim("analysis", hour + timedelta(hours=h))
@@ -430,7 +421,7 @@ async def test_housekeeping_marks_a_dead_runners_run_and_keeps_the_newest_slot(s
     def summary(rows: list[RunRecord]) -> list[tuple[int, str, str | None]]:
         return [(r.slot.hour, r.status, r.detail) for r in rows]
 
-    ledger = RunLedger(sqlite_db, "node-b/1", clock)
+    ledger = RunLedger(sqlite_database, "node-b/1", clock)
     scheduler = OutreachScheduler(
         hourly(catch_up=False),
         ledger,
@@ -461,12 +452,14 @@ async def test_housekeeping_marks_a_dead_runners_run_and_keeps_the_newest_slot(s
     assert summary(await ledger.recent("analysis")) == [(15, "succeeded", None)]  # the newest stays
 
 
-async def test_a_firing_during_a_run_waits_for_it_then_takes_the_newest_slot(sqlite_db: Database) -> None:
+async def test_a_firing_during_a_run_waits_for_it_then_takes_the_newest_slot(
+    sqlite_database: Database,
+) -> None:
     job = CountingJob()
     job.gate = asyncio.Event()
     clock = Clock()
     scheduler = OutreachScheduler(
-        hourly(catch_up=False), RunLedger(sqlite_db, "a"), {"analysis": job}, clock=clock
+        hourly(catch_up=False), RunLedger(sqlite_database, "a"), {"analysis": job}, clock=clock
     )
     await scheduler.start()
     try:
@@ -486,24 +479,24 @@ async def test_a_firing_during_a_run_waits_for_it_then_takes_the_newest_slot(sql
         await scheduler.stop()
 
 
-async def test_a_disabled_job_is_not_scheduled(sqlite_db: Database) -> None:
+async def test_a_disabled_job_is_not_scheduled(sqlite_database: Database) -> None:
     settings = SchedulerSettings(
         analysis=JobSchedule(interval_s=3600, enabled=False), checkin=JobSchedule(interval_s=3600)
     )
     scheduler = OutreachScheduler(
-        settings, RunLedger(sqlite_db, "a"), {"analysis": CountingJob(), "checkin": CountingJob()}
+        settings, RunLedger(sqlite_database, "a"), {"analysis": CountingJob(), "checkin": CountingJob()}
     )
     assert scheduler.job_names == ["checkin"]
     with pytest.raises(ValueError, match="no schedule"):
-        OutreachScheduler(settings, RunLedger(sqlite_db, "a"), {"cleanup": CountingJob()})
+        OutreachScheduler(settings, RunLedger(sqlite_database, "a"), {"cleanup": CountingJob()})
 
 
 # --- a real job through the scheduler: a publish failure --------------------------------------
 
 
-async def test_a_publish_failure_fails_the_run_and_the_next_slot_sends_it(sqlite_db: Database) -> None:
+async def test_a_publish_failure_fails_the_run_and_the_next_slot_sends_it(sqlite_database: Database) -> None:
     now = datetime.now(UTC)
-    async with sqlite_db.sessions.begin() as session:
+    async with sqlite_database.sessions.begin() as session:
         session.add(
             LiveSession(
                 call_id="call-1",
@@ -517,8 +510,8 @@ async def test_a_publish_failure_fails_the_run_and_the_next_slot_sends_it(sqlite
     publisher = FakePublisher(failures=1)
     outreach = OutreachSettings(stale_after_s=20)
     settings = SchedulerSettings(analysis=JobSchedule(interval_s=3600), checkin=JobSchedule(interval_s=0.5))
-    ledger = RunLedger(sqlite_db, "a")
-    job = CheckinJob(sqlite_db, outreach, publisher=publisher)
+    ledger = RunLedger(sqlite_database, "a")
+    job = CheckinJob(sqlite_database, outreach, publisher=publisher)
     async with OutreachScheduler(settings, ledger, {"checkin": job}) as scheduler:
 
         async def sent() -> bool:
@@ -557,23 +550,26 @@ async def no_turns(database: Database, after_turn_id: int, limit: int) -> list[A
     return []
 
 
-async def test_run_outreach_process_runs_until_stopped(settings: Settings, sqlite_db: Database) -> None:
+async def test_run_outreach_process_runs_until_stopped(settings: Settings, sqlite_database: Database) -> None:
     settings = settings.model_copy(
-        update={"outreach": OutreachSettings(scheduler=hourly(enabled=True)), "store": sqlite_db.settings}
+        update={
+            "outreach": OutreachSettings(scheduler=hourly(enabled=True)),
+            "store": sqlite_database.settings,
+        }
     )
     stop = asyncio.Event()
     process = asyncio.create_task(
         run_outreach_process(
             settings,
             stop,
-            database=sqlite_db,
+            database=sqlite_database,
             publisher=FakePublisher(failures=0),
             analyzers=[NoAnalyzer()],
             intent_store=NoIntents(),
             read_turns=no_turns,
         )
     )
-    ledger = RunLedger(sqlite_db, "observer")
+    ledger = RunLedger(sqlite_database, "observer")
 
     async def both_caught_up() -> bool:
         runs = await ledger.recent(limit=10)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -14,14 +13,6 @@ from sqlalchemy import inspect
 from voiceagent.config import StoreSettings
 from voiceagent.store import CallEnded, Database, NewTurn, NotFound, Store, TurnMetrics
 from voiceagent.store.models import Base
-
-
-@pytest.fixture
-async def database(store_url: str) -> AsyncIterator[Database]:
-    db = Database(StoreSettings(url=store_url))
-    await db.migrate()
-    yield db
-    await db.close()
 
 
 @pytest.fixture

@@ -82,9 +82,10 @@ class OutreachDelivery:
         self.publisher = publisher
         self.node_id = node_id
         self.claim_s = claim_s
-        # Events this node is saying now, whichever path brought them (its consumers, a call's
-        # opening, the heartbeat's sweep): a second path waits here without asking the store,
-        # even if a slow store let this node's own claim lapse meanwhile.
+        # Decisions (idempotency keys) this node is saying now, whichever path brought them (its
+        # consumers, a call's opening, the heartbeat's sweep) and under whichever event id: a
+        # second path waits here without asking the store, even if a slow store let this node's
+        # own claim lapse meanwhile.
         self.in_progress: set[str] = set()
 
     async def __call__(self, event: AnyEvent) -> None:
@@ -112,13 +113,14 @@ class OutreachDelivery:
 
     async def speak(self, event: OutreachEventT, session: LiveCall) -> SpeechResult | None:
         """Claim the event and say it in ``session``; None when it was not ours to say."""
-        if event.id in self.in_progress:
-            raise ClaimedElsewhere(f"event {event.id} is being said on this node")
-        self.in_progress.add(event.id)
+        key = event.idempotency_key
+        if key in self.in_progress:
+            raise ClaimedElsewhere(f"event {event.id} ({key}) is being said on this node")
+        self.in_progress.add(key)
         try:
             return await self._claim_and_say(event, session)
         finally:
-            self.in_progress.discard(event.id)
+            self.in_progress.discard(key)
 
     async def _claim_and_say(self, event: OutreachEventT, session: LiveCall) -> SpeechResult | None:
         claim = await self.ledger.claim(event, self.node_id, session.id, self.claim_s)

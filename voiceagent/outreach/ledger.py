@@ -168,10 +168,9 @@ class OutreachLedger:
         *,
         node_id: str | None = None,
         detail: str | None = None,
-        unless_finished: bool = True,
     ) -> bool:
-        """Append a stage; a status stage also becomes the event's status (not over a finished
-        one unless told). Returns whether the status changed."""
+        """Append a stage; a status stage also becomes the event's status where it may (never
+        over a finished one; see ``_may_become``). Returns whether the status changed."""
         async with self.database.sessions.begin() as session:
             row = await _locked(session, OutreachEvent.id == event_id)
             if row is None:
@@ -179,7 +178,7 @@ class OutreachLedger:
             session.add(OutreachStage(event_id=event_id, stage=stage, node_id=node_id, detail=_cut(detail)))
             if stage not in Status.__members__.values():
                 return False
-            if unless_finished and row.status not in _may_become(stage):
+            if row.status not in _may_become(stage):
                 return False
             row.status, row.updated_at = stage, utcnow()
             if detail is not None:

@@ -143,12 +143,14 @@ class OpenAICompatibleLLM(LLMEngine):
         except openai.APIConnectionError as exc:
             if got_token:
                 raise EngineError(
-                    f"LLM at {self.base_url}: connection lost mid-reply: {_cause(exc)}"
+                    f"LLM at {self.base_url}: connection lost mid-reply: {innermost_reason(exc)}"
                 ) from exc
-            raise ModelUnavailable(f"LLM endpoint {self.base_url} is unreachable: {_cause(exc)}") from exc
+            raise ModelUnavailable(
+                f"LLM endpoint {self.base_url} is unreachable: {innermost_reason(exc)}"
+            ) from exc
         except openai.APIStatusError as exc:
             raise EngineError(
-                f"LLM at {self.base_url} answered HTTP {exc.status_code}: {_api_message(exc)}"
+                f"LLM at {self.base_url} answered HTTP {exc.status_code}: {api_error_message(exc)}"
             ) from exc
         except openai.OpenAIError as exc:
             raise EngineError(f"LLM at {self.base_url} failed: {exc}") from exc
@@ -250,14 +252,15 @@ def _check_event_stream(stream: openai.AsyncStream[ChatCompletionChunk], base_ur
         )
 
 
-def _cause(exc: BaseException) -> str:
+def innermost_reason(exc: BaseException) -> str:
     """The innermost reason ("Connection refused"), which the SDK's "Connection error." hides."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
     return str(exc) or type(exc).__name__
 
 
-def _api_message(exc: openai.APIStatusError) -> str:
+def api_error_message(exc: openai.APIStatusError) -> str:
+    """The server's own error text from an OpenAI-style error body, else the SDK's."""
     body = exc.body
     if isinstance(body, dict):
         error = body.get("error", body)

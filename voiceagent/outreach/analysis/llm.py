@@ -20,6 +20,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from voiceagent.config import LLMSettings
+from voiceagent.engines.llm.openai_compat import api_error_message, innermost_reason
 from voiceagent.outreach.analysis.base import AnalysisError, IntentAnalyzer, Utterance, UtteranceLabel
 from voiceagent.outreach.intents import Intents
 
@@ -176,9 +177,9 @@ class LLMIntentAnalyzer(IntentAnalyzer):
         except (TimeoutError, openai.APITimeoutError):
             raise AnalysisError(f"{where}: no answer within {self.request_timeout_s:g} s") from None
         except openai.APIConnectionError as exc:
-            raise AnalysisError(f"{where} is unreachable: {_cause(exc)}") from exc
+            raise AnalysisError(f"{where} is unreachable: {innermost_reason(exc)}") from exc
         except openai.APIStatusError as exc:
-            raise AnalysisError(f"{where} answered HTTP {exc.status_code}: {_api_message(exc)}") from exc
+            raise AnalysisError(f"{where} answered HTTP {exc.status_code}: {api_error_message(exc)}") from exc
         except (openai.OpenAIError, ValueError) as exc:  # e.g. a 200 body that is not a completion
             raise AnalysisError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
         choices = getattr(response, "choices", None)
@@ -226,18 +227,3 @@ def _parse(content: str) -> list[_RawLabel]:
 def _excerpt(text: str, limit: int = 120) -> str:
     flat = " ".join(text.split())
     return repr(flat if len(flat) <= limit else flat[:limit] + "...")
-
-
-def _cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return str(exc) or type(exc).__name__
-
-
-def _api_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-    return exc.message
