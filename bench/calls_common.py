@@ -85,6 +85,12 @@ def start_server(
         cwd=workdir, env=env, stdout=log_file, stderr=subprocess.STDOUT,
     )  # fmt: skip
     log_file.close()
+    return wait_until_ready(proc, workdir, timeout_s)
+
+
+def wait_until_ready(proc: subprocess.Popen[bytes], workdir: Path, timeout_s: float) -> BenchServer:
+    """A bench server child that writes its address to ``workdir/port``, once /readyz says so."""
+    port_file = workdir / "port"
     server = BenchServer(proc, "", workdir)
     deadline = time.monotonic() + timeout_s
     try:

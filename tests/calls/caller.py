@@ -52,7 +52,10 @@ class Caller:
         """No more RTP from the caller, and no goodbye either."""
         self.call.track.sending.clear()
 
-    async def hang_up(self) -> None:
+    async def hang_up(self, say_so: bool = False) -> None:
+        """Close this peer; ``say_so`` first says "hangup" on the events channel, as the page does."""
+        if say_so:
+            await self.call.say({"kind": "hangup"})
         await self.call.close()
 
 

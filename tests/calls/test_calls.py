@@ -118,6 +118,19 @@ async def test_a_dead_peers_reason_reaches_the_store(manager: CallManager, store
     assert (await store.store.get_call(caller.call_id)).end_reason == "no-inbound-audio"
 
 
+@pytest.mark.parametrize(("say_so", "stored"), [(True, "hangup"), (False, "connection-closed")])
+async def test_a_peer_that_says_it_hangs_up_is_a_hangup_one_that_just_goes_is_not(
+    manager: CallManager, store: FlakyStore, say_so: bool, stored: str
+) -> None:
+    """The race a page's hang-up once lost: the peer closes at once, its DELETE lands afterwards.
+    What the peer said on the events channel before closing decides, not what lands first."""
+    caller = await dial(manager, user_id="frank")
+    await caller.hang_up(say_so=say_so)
+    await call_ended(manager, caller.call_id)
+    assert not await manager.hang_up(caller.call_id)  # the late DELETE: the call is already over
+    assert (await store.store.get_call(caller.call_id)).end_reason == stored
+
+
 async def test_concurrent_offers_against_the_call_limit(manager: CallManager) -> None:
     offers = [await open_offer("audio") for _ in range(MAX_CALLS + 3)]
     results = await asyncio.gather(

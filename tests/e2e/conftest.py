@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import socket
 import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -15,6 +17,10 @@ import pytest
 from tests.e2e.browser import CHROMIUM, chromium_args
 from tests.engines.conftest import synthesize_speech
 from tests.serve_process import ServeProcess
+from voiceagent.config import Settings
+from voiceagent.runtime import Runtime
+from voiceagent.server.app import create_app
+from voiceagent.testing.fakes import install_fake_engines
 
 
 @dataclass(frozen=True)
@@ -27,9 +33,16 @@ def write_mic_wav(
     path: Path, parts: list[tuple[str, float]], lead_s: float = 1.0, tail_s: float = 8.0
 ) -> Path:
     """Speech for the fake microphone: each (text, pause after) in turn, 48 kHz mono 16-bit."""
+    return write_wav(
+        path, [(synthesize_speech(text, pad_s=0.0), pause_s) for text, pause_s in parts], lead_s, tail_s
+    )
+
+
+def write_wav(path: Path, parts: list[tuple[bytes, float]], lead_s: float, tail_s: float) -> Path:
+    """A fake microphone's file: each (16 kHz int16 audio, pause after) in turn, 48 kHz mono 16-bit."""
     pieces = [np.zeros(int(lead_s * 16_000), dtype="<i2")]
-    for text, pause_s in parts:
-        pieces.append(np.frombuffer(synthesize_speech(text, pad_s=0.0), dtype="<i2"))
+    for pcm, pause_s in parts:
+        pieces.append(np.frombuffer(pcm, dtype="<i2"))
         pieces.append(np.zeros(int(pause_s * 16_000), dtype="<i2"))
     pieces.append(np.zeros(int(tail_s * 16_000), dtype="<i2"))
     audio16 = np.concatenate(pieces).astype(np.float32)
@@ -62,6 +75,36 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     finally:
         server.stop()
         print(server.log[-4000:])
+
+
+@dataclass(frozen=True)
+class FakeServer:
+    base: str
+    runtime: Runtime
+
+
+@pytest.fixture
+async def fake_server(settings: Settings) -> AsyncIterator[FakeServer]:
+    """The real app, calls layer and store in this process, with the fake engines (a tone is a
+    question, the reply is REPLY_TOKENS): a call page to drive in a second, no model to load."""
+    import uvicorn
+
+    runtime = Runtime(settings)
+    await runtime.start()
+    install_fake_engines(runtime.engines)
+    server = uvicorn.Server(uvicorn.Config(create_app(runtime), log_config=None, lifespan="on"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        yield FakeServer(f"http://127.0.0.1:{sock.getsockname()[1]}", runtime)
+    finally:
+        server.should_exit = True
+        await serving  # the app's lifespan stops the runtime
+        sock.close()
 
 
 @pytest.fixture

@@ -131,7 +131,7 @@ async def test_a_spoken_question_gets_a_spoken_answer(
         async with asyncio.timeout(30):  # a deadline: the hang-up is stored within ~0.1 s
             while (stored := await Store(database).get_call(call_id)).ended_at is None:
                 await asyncio.sleep(0.1)
-        assert stored.user_id == "e2e-alice" and stored.end_reason is not None
+        assert (stored.user_id, stored.end_reason) == ("e2e-alice", "hangup")
         [stored_turn] = stored.turns
         assert stored_turn.user_text == finals[0] and stored_turn.agent_text_heard == turn["agent_text_heard"]
         assert stored_turn.metrics.voice_to_voice_s == pytest.approx(turn["metrics"]["voice_to_voice_s"])

@@ -14,6 +14,7 @@ from voiceagent.pipeline.agent import AgentTool
 from voiceagent.pipeline.frames import (
     AgentSpeech,
     AgentState,
+    BargeIn,
     Interrupted,
     TurnCompleted,
     UserTranscript,
@@ -65,10 +66,14 @@ async def test_barge_in_stops_audio_at_once_cancels_the_reply_and_keeps_only_wha
     # The reply starts at ~2.2 s and would run ~5 s; the user talks over it from 3.0 s.
     await call.run([(0.5, 1.5, 0), (3.0, 4.0, 1)], until_s=9.0)
 
+    # Three voiced frames (60 ms) over the agent hold its audio at once: silent from the third.
+    [suspected] = call.of(BargeIn)
+    assert isinstance(suspected, BargeIn) and suspected.phase == "suspected"
+    assert suspected.at_s == pytest.approx(3.04, abs=0.005)
+    assert call.audible_between(2.5, 3.0) and not call.audible_between(suspected.at_s + 0.001, 4.5)
+    # 0.3 s of voice is transcribed (0.15 s): words, so the reply is cut at ~3.45 s.
     [interrupted] = call.of(Interrupted)
-    # VAD confirms speech 0.25 s in, the interruption needs 0.3 s: decided at 3.3 s.
-    assert interrupted.at_s == pytest.approx(3.3, abs=0.03)
-    assert not call.audible_between(interrupted.at_s + 0.001, interrupted.at_s + 0.7)  # silent within a frame
+    assert interrupted.at_s == pytest.approx(3.3 + 0.15, abs=0.03)
     assert call.llm.closed_early == 1  # the LLM stream was closed mid-reply
     first, second = call.of(TurnCompleted)
     assert isinstance(first, TurnCompleted) and isinstance(second, TurnCompleted)
@@ -168,7 +173,8 @@ async def test_silence_and_noise_alone_start_nothing() -> None:
 
 
 async def test_hanging_up_mid_reply_leaves_nothing_running() -> None:
-    call = Call({0: "Tell me everything."}, [ScriptedReply(tokens=words("One. Two. Three. Four. Five."))])
+    long_reply = ScriptedReply(tokens=words("One two three four five six seven. Eight nine ten eleven."))
+    call = Call({0: "Tell me everything."}, [long_reply])
     await call.run([(0.5, 1.5, 0)], until_s=2.6)
     assert call.conversation.state == AgentState.SPEAKING
     await call.conversation.close()

@@ -21,6 +21,7 @@ from voiceagent.pipeline.frames import (
     TurnCompleted,
 )
 from voiceagent.pipeline.playout import Playout
+from voiceagent.pipeline.replies import ReplyLimits
 from voiceagent.pipeline.settings import ConversationSettings
 from voiceagent.testing.fakes import FakeASR, FakeTTS, FakeVAD, ScriptedReply
 
@@ -106,7 +107,9 @@ async def test_llm_whose_stream_fails_to_close_during_a_barge_in(caplog: pytest.
         error_on_close=RuntimeError("transport closed while reading"),
     )
     caplog.set_level(logging.INFO, logger="voiceagent.pipeline.conversation")
-    call = Call({0: "Tell me everything.", 1: "And tomorrow?"}, [slow, TOMORROW])
+    # Three sentences allowed: the LLM is still streaming when the caller cuts in.
+    settings = ConversationSettings(reply=ReplyLimits(max_sentences=3))
+    call = Call({0: "Tell me everything.", 1: "And tomorrow?"}, [slow, TOMORROW], settings=settings)
     await call.run([(0.5, 1.5, 0), (3.0, 3.8, 1)], until_s=8.0)
 
     [interrupted] = [e for e in call.events if isinstance(e, Interrupted)]
@@ -211,7 +214,7 @@ async def test_final_transcript_failure_asks_the_caller_to_repeat() -> None:
 async def test_partial_transcript_failures_change_nothing() -> None:
     asr = FakeASR(QUESTIONS, partial_error=KeyError("segments"))
     call = Call(QUESTIONS, [ScriptedReply(tokens=words("Sunny.")), TOMORROW], asr=asr)
-    await call.run(TWO_QUESTIONS, until_s=10.0)
+    await call.run([(0.5, 2.5, 0), (6.0, 6.8, 1)], until_s=10.0)  # 2 s: long enough for partials
 
     assert any(partial for partial, _ in asr.calls)  # partials were attempted, and failed
     assert faults(call) == [] and turns(call)[0].agent_text == "Sunny."

@@ -12,7 +12,13 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 
 from voiceagent.transport.ice import filter_candidates, is_loopback, loopback_host_candidates
 from voiceagent.transport.tracks import FrameSource, InboundAudio, OutboundTrack
@@ -114,6 +120,7 @@ class RemoteCall:
     track: PausableTrack
     call_id: str
     base_url: str = ""  # for calls placed over HTTP
+    channel: RTCDataChannel | None = None  # "events": the server's events in, the page's words out
     received: list[Received] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -131,6 +138,15 @@ class RemoteCall:
                     if event.get("kind") == kind and all(event.get(k) == v for k, v in match.items()):
                         return event
                 await asyncio.sleep(0.02)
+
+    async def say(self, message: dict[str, Any]) -> None:
+        """Send ``message`` on the events channel as the page does, and return once it is on the
+        wire: aiortc's close aborts the association, dropping whatever it had not sent yet."""
+        assert self.channel is not None
+        self.channel.send(json.dumps(message))
+        async with asyncio.timeout(5):
+            while self.channel.bufferedAmount:
+                await asyncio.sleep(0.001)
 
     async def close(self) -> None:
         self.track.stop()
@@ -166,7 +182,7 @@ async def place_call(signal: Signal, source: FrameSource, within_s: float = 10.0
     except BaseException:
         await pc.close()
         raise
-    call = RemoteCall(pc=pc, track=track, call_id=call_id)
+    call = RemoteCall(pc=pc, track=track, call_id=call_id, channel=channel)
 
     @channel.on("message")
     def on_message(message: str | bytes) -> None:

@@ -19,7 +19,9 @@ from voiceagent.pipeline.playout import Playout
 from voiceagent.transport.settings import TransportSettings
 from voiceagent.transport.tracks import OUT_SAMPLES, OutboundTrack
 from voiceagent.transport.webrtc import (
+    HANGUP,
     MAX_EVENT_BYTES,
+    MAX_PAGE_MESSAGE_BYTES,
     CallTransport,
     SignalingError,
     WebRTCGateway,
@@ -184,6 +186,9 @@ async def test_media_both_ways_flush_and_events(client: tuple[Client, Playout]) 
         if len(got) == 50:
             break
     assert {len(f) for f in got} == {640}
+    # The caller's packets are decoded after one more has come, not aiortc's default four.
+    [receiver] = [t.receiver for t in call.peer_connection.getTransceivers() if t.kind == "audio"]
+    assert receiver._RTCRtpReceiver__jitter_buffer._prefetch == 1  # type: ignore[attr-defined]
     inbound = np.frombuffer(b"".join(got[10:]), "<i2")
     assert abs(dominant_hz(inbound, 16_000) - 440) < 15 and rms(inbound) > 0.1
     # Keep reading like the pipeline does, so the inbound queue (5 s) only drops on a defect.
@@ -280,10 +285,26 @@ async def test_client_hangup_closes_call(gateway: WebRTCGateway) -> None:
         f"\n[webrtc] client hang-up -> server closed in {(time.monotonic() - t0) * 1000:.0f} ms"
         f" ({call.close_reason})"
     )
-    # Seen as a hang-up, not waited out by the dead-peer watchdog (which would also close it).
-    assert call.close_reason != "no-inbound-audio"
+    # Seen at once, not waited out by the dead-peer watchdog (which would also close it); without a
+    # word from the caller it is a peer that went away, not a hang-up.
+    assert call.close_reason == "connection-closed"
     assert call.peer_connection.connectionState == "closed" and gateway.active == 0
     await no_tasks_left(call, baseline)
+
+
+async def test_the_pages_hangup_is_the_only_word_that_ends_a_call(gateway: WebRTCGateway) -> None:
+    caller = await connect(gateway, ToneSource(1000))
+    assert caller.channel is not None
+    oversized = json.dumps({"kind": HANGUP, "pad": "x" * MAX_PAGE_MESSAGE_BYTES})
+    for junk in ("not json", "[]", '"hangup"', '{"kind": "state"}', oversized):
+        caller.channel.send(junk)
+    await caller.say({"kind": "state"})  # on the wire after the junk (the channel is ordered)
+    await asyncio.sleep(0.2)
+    assert not caller.call.closed.is_set()
+    await caller.say({"kind": HANGUP})
+    await wait_until(caller.call.closed.is_set, 10, "the call closes on the page's hang-up")
+    assert caller.call.close_reason == HANGUP
+    await caller.close()
 
 
 # -- (d) dead peer -----------------------------------------------------------------------------

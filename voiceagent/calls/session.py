@@ -25,16 +25,18 @@ from voiceagent.pipeline.agent import Agent
 from voiceagent.pipeline.conversation import Conversation
 from voiceagent.pipeline.frames import (
     RECOVERY_REASONS,
+    BargeIn,
     ConversationEvent,
     Fault,
     FaultStage,
     Recovered,
+    ReplyDiscarded,
     TurnCompleted,
 )
 from voiceagent.pipeline.playout import Playout
 from voiceagent.pipeline.settings import ConversationSettings
 from voiceagent.store import NewTurn
-from voiceagent.transport.webrtc import CallTransport, WebRTCGateway
+from voiceagent.transport.webrtc import HANGUP, CallTransport, WebRTCGateway
 
 log = logging.getLogger(__name__)
 STAGES = ("endpointing_s", "asr_s", "llm_first_token_s", "tts_first_audio_s", "voice_to_voice_s")
@@ -140,11 +142,11 @@ class CallSession:
         self.metrics.calls_active.inc()
         self.recorded = await self._record_start()
         self._tell_listeners("call_started")
-        reason = "hangup"
+        reason = HANGUP
         try:
             async for frame in self.transport.frames():
                 await self.conversation.feed(frame)
-            reason = self.transport.close_reason or "hangup"
+            reason = self.transport.close_reason or HANGUP
         except asyncio.CancelledError:
             reason = "server-shutdown"
             raise
@@ -202,6 +204,11 @@ class CallSession:
             self.metrics.call_recoveries.labels(reason=event.reason).inc()
         elif isinstance(event, TurnCompleted):
             self._count_turn(event)
+        elif isinstance(event, BargeIn) and event.reason is not None:
+            self.metrics.barge_ins_rejected.labels(reason=event.reason).inc()
+        elif isinstance(event, ReplyDiscarded):
+            self.metrics.replies_discarded.inc()
+            self.metrics.replies_discarded_seconds.inc(event.busy_s)
         self.transport.send_event(event.model_dump(mode="json"))
 
     def _count_turn(self, turn: TurnCompleted) -> None:
@@ -331,7 +338,7 @@ class CallManager:
             "collected %d objects of ended calls in %.1f ms", found, (time.perf_counter() - started) * 1e3
         )
 
-    async def hang_up(self, call_id: str, reason: str = "hangup") -> bool:
+    async def hang_up(self, call_id: str, reason: str = HANGUP) -> bool:
         session = self.sessions.get(call_id)
         if session is None:
             return False

@@ -85,6 +85,22 @@ class Metrics:
         self.barge_ins = Counter(
             "voiceagent_barge_ins_total", "Agent replies interrupted by the caller", registry=self.registry
         )
+        self.barge_ins_rejected = Counter(
+            "voiceagent_barge_ins_rejected_total",
+            "Voice over the agent that held its audio but was not an interruption, by why",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.replies_discarded = Counter(
+            "voiceagent_replies_discarded_total",
+            "Replies prepared during a pause and thrown away unheard because the caller went on",
+            registry=self.registry,
+        )
+        self.replies_discarded_seconds = Counter(
+            "voiceagent_replies_discarded_seconds_total",
+            "Time discarded replies kept LLM and TTS busy (the compute preemption wastes)",
+            registry=self.registry,
+        )
         self.calls_failed = Counter(
             "voiceagent_calls_failed_total",
             "Calls ended by a bug that escaped the conversation",

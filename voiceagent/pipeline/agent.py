@@ -1,8 +1,10 @@
 """The agent: persona, conversation memory and tools around a streaming LLM.
 
 Memory holds what was actually said: an interrupted reply is remembered as the part the user
-heard. Tool calls run shielded from barge-in, so a booking that started is never lost halfway;
-its result lands in memory even if the reply that asked for it was cut off.
+heard, and a reply prepared while the caller might still go on (a preemptive reply) leaves no
+trace until the conversation commits it. Tool calls act on the world, so a reply runs them only
+once it counts (`may_act`); they run shielded from barge-in, so a booking that started is never
+lost halfway and its result lands in memory even if the reply that asked for it was cut off.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ class Agent:
         self.tools = {tool.spec.name: tool for tool in tools}
         self.history: list[ChatMessage] = []
         self.tool_tasks: set[asyncio.Task[None]] = set()
+        self._asked: ChatMessage | None = None  # the request being answered, not yet in history
 
     def system_message(self) -> ChatMessage:
         prompt = self.settings.system_prompt.format(persona=self.settings.persona)
@@ -53,13 +56,19 @@ class Agent:
             return messages[user_turns[-self.settings.history_turns] :]
         return messages
 
-    async def reply(self, user_text: str) -> AsyncIterator[str]:
-        """Stream the reply's text; tool rounds happen inside. The caller commits what was heard."""
-        self.history.append(ChatMessage(role="user", content=user_text))
+    async def reply(
+        self, user_text: str, *, may_act: Callable[[], Awaitable[object]] | None = None
+    ) -> AsyncGenerator[str, None]:
+        """Stream the reply's text; tool rounds happen inside, each after ``may_act`` returns.
+        The request joins the history when the caller commits what was heard, or when a tool
+        runs; `discard_reply` forgets it."""
+        self._asked = ChatMessage(role="user", content=user_text)
         specs = [tool.spec for tool in self.tools.values()]
         for _ in range(self.settings.max_tool_rounds + 1):
             calls: tuple[ToolCall, ...] = ()
-            async with contextlib.aclosing(self.llm.stream(self.context(), tools=specs)) as deltas:
+            unsaid = [self._asked] if self._asked is not None else []
+            context = [*self.context(), *unsaid]
+            async with contextlib.aclosing(self.llm.stream(context, tools=specs)) as deltas:
                 async for delta in deltas:
                     if delta.text:
                         yield delta.text
@@ -67,10 +76,22 @@ class Agent:
                         calls = delta.tool_calls
             if not calls:
                 return
+            if may_act is not None:
+                await may_act()
+            self._remember_request()
             self.history.append(ChatMessage(role="assistant", tool_calls=calls))
             await self._run_tools(calls)
 
-    async def instructed(self, instructions: str) -> AsyncIterator[str]:
+    def _remember_request(self) -> None:
+        if self._asked is not None:
+            self.history.append(self._asked)
+            self._asked = None
+
+    def discard_reply(self) -> None:
+        """The reply in progress never happened (the caller was not done): forget its request."""
+        self._asked = None
+
+    async def instructed(self, instructions: str) -> AsyncGenerator[str, None]:
         """The agent's own words for ``instructions`` (a proactive prompt), in the context of the
         conversation so far. Nothing is remembered until the caller commits what was heard."""
         prompt = self.settings.prompt_instructions.format(instructions=instructions)
@@ -102,7 +123,8 @@ class Agent:
             self.history.append(ChatMessage(role="tool", tool_call_id=call.id, content=result))
 
     def commit_reply(self, heard: str) -> None:
-        """Remember the reply as heard (possibly cut short, possibly empty)."""
+        """Remember the request and the reply as heard (possibly cut short, possibly empty)."""
+        self._remember_request()
         if heard.strip():
             self.history.append(ChatMessage(role="assistant", content=heard.strip()))
         # What the model is never shown again is not kept: a long call's memory stays bounded

@@ -29,6 +29,7 @@ class StateChanged(_Event):
 
 class UserTranscript(_Event):
     kind: Literal["transcript"] = "transcript"
+    index: int  # the user turn it belongs to; a turn resumed after a pause is sent again, whole
     text: str
     final: bool
 
@@ -37,12 +38,41 @@ class AgentSpeech(_Event):
     """A sentence the agent starts saying (sent when its audio is queued for playout)."""
 
     kind: Literal["agent_text"] = "agent_text"
+    index: int  # the turn this reply belongs to (TurnCompleted.index)
     text: str
 
 
 class Interrupted(_Event):
     kind: Literal["interrupted"] = "interrupted"
+    index: int  # the turn whose reply was cut (TurnCompleted.index)
     heard: str  # what of the reply the user actually heard
+
+
+# Why voice over the agent was not an interruption: too little of it, a backchannel ("mm-hm"),
+# the agent's own words coming back, nothing ASR could make out, or a noise held too long.
+RejectReason = Literal["short", "backchannel", "echo", "nothing", "too_long"]
+
+
+class BargeIn(_Event):
+    """Voice over the agent: its audio is held ("suspected"), then either the reply is cut
+    (an `Interrupted` follows) or it goes on where it stopped ("rejected", with why)."""
+
+    kind: Literal["barge_in"] = "barge_in"
+    index: int
+    phase: Literal["suspected", "rejected"]
+    reason: RejectReason | None = None
+
+
+class ReplyDiscarded(_Event):
+    """A reply prepared before the caller's turn was surely over, thrown away unheard because
+    the caller went on: nothing of it reached playout or memory. What it cost is reported."""
+
+    kind: Literal["reply_discarded"] = "reply_discarded"
+    index: int
+    reason: Literal["caller_went_on", "call_ended"]
+    llm_deltas: int  # streamed text pieces the LLM produced for it
+    tts_audio_s: float  # seconds of speech synthesized for it
+    busy_s: float  # how long it ran
 
 
 class TurnCompleted(_Event):
@@ -82,5 +112,13 @@ class Recovered(_Event):
 
 
 ConversationEvent = (
-    StateChanged | UserTranscript | AgentSpeech | Interrupted | TurnCompleted | Fault | Recovered
+    StateChanged
+    | UserTranscript
+    | AgentSpeech
+    | BargeIn
+    | Interrupted
+    | ReplyDiscarded
+    | TurnCompleted
+    | Fault
+    | Recovered
 )

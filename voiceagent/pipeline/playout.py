@@ -1,9 +1,11 @@
 """The agent's outgoing audio: queued by the pipeline, consumed at real time by the transport.
 
 `read_frame()` is what the outbound track calls every 20 ms; it never blocks and returns silence
-when nothing is queued. `flush()` drops everything queued at once (barge-in). A ledger remembers
-which text each stretch of audio speaks, so after a flush the conversation knows what the user
-actually heard.
+when nothing is queued. `flush()` drops everything queued at once (barge-in). `hold()` keeps the
+queue but plays silence until `release()`: a reply prepared before the caller's turn is surely
+over waits there, and so does the agent's voice while a sound from the caller may or may not be
+an interruption (resumed where it stopped if it was not). A ledger remembers which text each
+stretch of audio speaks, so after a flush the conversation knows what the user actually heard.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Playout:
         self._played = 0  # samples of the current reply sent to the transport
         self._drained = asyncio.Event()
         self._drained.set()
+        self.held = False
 
     @property
     def queued_s(self) -> float:
@@ -76,9 +79,22 @@ class Playout:
         if not self._queue:
             self._drained.set()
 
+    def hold(self) -> None:
+        """Play silence from the next frame on, keeping what is queued (and still queueing)."""
+        self.held = True
+
+    def release(self) -> None:
+        """Play on from where `hold` stopped."""
+        self.held = False
+
+    @property
+    def audible(self) -> bool:
+        """The caller hears the agent now (audio queued and not held)."""
+        return bool(self._queue) and not self.held
+
     def read_frame(self) -> bytes:
         """One frame of int16 mono at ``sample_rate``: queued audio, else silence."""
-        if not self._queue:
+        if not self._queue or self.held:
             return self._silence
         frame = self._queue.popleft()
         self._played += self.frame_samples
@@ -87,8 +103,9 @@ class Playout:
         return frame
 
     def flush(self) -> float:
-        """Drop whatever is queued; return how many seconds were dropped."""
+        """Drop whatever is queued (and lift a hold); return how many seconds were dropped."""
         dropped = self.queued_s
+        self.held = False
         self._queue.clear()
         self._partial = b""
         self._drained.set()

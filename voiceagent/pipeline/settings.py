@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from voiceagent.pipeline.replies import ReplyLimits
+
 
 class ConversationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -14,6 +16,8 @@ class ConversationSettings(BaseModel):
         "to three short sentences, no lists, no markdown, no emoji. If you do not know, say so."
     )
     history_turns: int = Field(12, ge=1, description="user/assistant exchanges kept for the model")
+    # A spoken reply's size, enforced on the LLM's stream whatever the model does.
+    reply: ReplyLimits = Field(default_factory=ReplyLimits)
     # End of turn: silence after speech, adjusted by what the user said so far.
     end_of_turn_silence_s: float = Field(0.5, ge=0.1, description="after a neutral ending")
     end_of_turn_complete_s: float = Field(0.3, ge=0.05, description="after . ? ! (a finished thought)")
@@ -25,8 +29,29 @@ class ConversationSettings(BaseModel):
     max_utterance_s: float = Field(30.0, gt=1)
     pre_roll_s: float = Field(0.3, ge=0, description="audio kept from before speech_start")
     partial_every_s: float = Field(0.8, gt=0, description="partial transcripts while the user speaks")
-    # Barge-in: speech this long while the agent talks interrupts it; shorter is a cough.
+    # Voice this long in a pause means the caller goes on: the pending end of turn, its transcript
+    # and any reply prepared for it are dropped (shorter is a click, heard as silence).
+    resume_min_speech_s: float = Field(0.04, ge=0)
+    # Words this soon after the caller's speech ended are the same turn even when the agent has
+    # begun its answer (a pause a little longer than the end-of-turn silence): that answer is
+    # dropped, unremembered, and the whole turn answered.
+    late_resume_s: float = Field(1.0, ge=0)
+    # Prepare the reply (LLM and first sentence's audio) at the pause, while the end-of-turn
+    # silence runs; it plays the moment the turn ends, and leaves no trace if the caller goes on.
+    preemptive_replies: bool = True
+    # Barge-in: voice this long over the agent holds its audio at once (the caller hears silence);
+    # the hold becomes an interruption once `interrupt_min_speech_s` of voice transcribes to words
+    # that are not a backchannel ("mm-hm") or the agent's own echo, and is released (the agent
+    # goes on where it stopped) after `barge_in_release_s` of quiet otherwise.
+    barge_in_onset_s: float = Field(0.06, ge=0.02)
     interrupt_min_speech_s: float = Field(0.3, ge=0)
+    barge_in_release_s: float = Field(0.3, gt=0)
+    # Voice that never turns into words (a long noise) is let go after this long on hold.
+    barge_in_max_hold_s: float = Field(2.5, gt=0)
+    backchannels: tuple[str, ...] = (
+        "mm", "mm-hm", "mhm", "mm hmm", "uh-huh", "uh huh", "hmm", "yeah", "yes", "yep", "ok",
+        "okay", "right", "sure", "i see", "got it", "嗯", "嗯嗯", "对", "好", "好的", "是",
+    )  # fmt: skip
     # Ignore user speech this long after the agent starts talking (its own echo on open speakers).
     interrupt_warmup_s: float = Field(0.25, ge=0)
     # Speak a long first sentence's opening clause (this many words, up to a comma) on its own:

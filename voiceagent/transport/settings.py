@@ -26,3 +26,7 @@ class TransportSettings(BaseModel):
     # aiortc never reports "disconnected": a call with no inbound audio this long is hung up.
     dead_peer_timeout_s: float = Field(3.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0, description="ICE + DTLS must connect within this")
+    # Caller audio packets aiortc holds before decoding one (its default 4 = 80 ms on every turn
+    # and every barge-in). 1 waits only for the next packet; a packet reordered further is lost
+    # (20 ms of audio), which on loopback or a LAN practically never happens.
+    inbound_jitter_packets: int = Field(1, ge=1, le=8)

@@ -4,7 +4,8 @@ Signaling is a single HTTP round trip (aiortc has no trickle ICE): the browser g
 candidates before POSTing the offer and the gateway gathers all of its own before answering.
 aiortc never reports "disconnected", so a call whose caller vanished is found by a watchdog:
 no inbound audio for ``dead_peer_timeout_s``, the remote track ended, the connection failed or
-closed, or it never connected within ``connect_timeout_s``.
+closed, or it never connected within ``connect_timeout_s``. A caller who hangs up says so first
+(``{"kind": "hangup"}`` on the events channel), so the call ends as a hang-up, not as a vanished peer.
 """
 
 from __future__ import annotations
@@ -25,19 +26,22 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.sdp import SessionDescription
 
 from voiceagent.transport.ice import filter_candidates, is_loopback, loopback_host_candidates
 from voiceagent.transport.settings import TransportSettings
 from voiceagent.transport.tracks import FrameSource, InboundAudio, OutboundStats, OutboundTrack
 
-__all__ = ["CallTransport", "FrameSource", "SignalingError", "WebRTCGateway"]
+__all__ = ["HANGUP", "CallTransport", "FrameSource", "SignalingError", "WebRTCGateway"]
 
 log = logging.getLogger(__name__)
 
 EVENTS_LABEL = "events"
 MAX_EVENT_BYTES = 16 * 1024  # well under SCTP's usual 64 KiB message limit
 MAX_EVENT_BACKLOG = 1024 * 1024  # a page that stopped reading must not grow our SCTP buffer
+MAX_PAGE_MESSAGE_BYTES = 1024  # what the page says is tiny; anything bigger is not read
+HANGUP = "hangup"  # the close reason of a call the caller hung up (page message or DELETE)
 INBOUND_QUEUE_FRAMES = 250  # 5 s of caller audio
 
 
@@ -58,6 +62,21 @@ def _shrink_strings(value: Any, limit: int) -> Any:
     if isinstance(value, list):
         return [_shrink_strings(v, limit) for v in value]
     return value
+
+
+def _shorten_inbound_jitter_buffer(pc: RTCPeerConnection, packets: int) -> None:
+    """aiortc fixes its audio receive buffer at 4 packets of prefetch and has no setting for it,
+    so the receiver's buffer is replaced (checked against aiortc's private name, which an aiortc
+    upgrade may change: then its default stays and a warning says so)."""
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        if transceiver.kind != "audio" or receiver is None:
+            continue
+        attribute = "_RTCRtpReceiver__jitter_buffer"
+        if not isinstance(getattr(receiver, attribute, None), JitterBuffer):
+            log.warning("aiortc's receive jitter buffer is not where expected: keeping its default")
+            return
+        setattr(receiver, attribute, JitterBuffer(capacity=16, prefetch=packets))
 
 
 def encode_event(payload: dict[str, Any], max_bytes: int = MAX_EVENT_BYTES) -> str:
@@ -178,6 +197,7 @@ class CallTransport:
         def on_datachannel(channel: RTCDataChannel) -> None:
             if channel.label == EVENTS_LABEL and self._channel is None:
                 self._channel = channel
+                channel.on("message", self._on_page_message)
 
         @pc.on("connectionstatechange")
         def on_connection_state() -> None:
@@ -188,6 +208,18 @@ class CallTransport:
                 self.request_close(f"connection-{state}")
 
         pc.addTrack(self._outbound)
+
+    def _on_page_message(self, message: str | bytes) -> None:
+        """The page's hang-up. It travels inside the connection, ahead of the peer's close, so the
+        call is a hang-up whether the peer's close or the page's DELETE reaches us first."""
+        if len(message) > MAX_PAGE_MESSAGE_BYTES:
+            return
+        try:
+            said = json.loads(message)
+        except ValueError:
+            return
+        if isinstance(said, dict) and said.get("kind") == HANGUP:
+            self.request_close(HANGUP)
 
     def _start_watchdog(self) -> None:
         self._spawn(self._watchdog(), "watchdog")
@@ -313,6 +345,7 @@ class WebRTCGateway:
         try:
             call._wire()
             await pc.setRemoteDescription(offer)
+            _shorten_inbound_jitter_buffer(pc, self.settings.inbound_jitter_packets)
             answer = await pc.createAnswer()
             gathering = (
                 loopback_host_candidates() if self.settings.loopback_only else contextlib.nullcontext()
