@@ -1171,6 +1171,25 @@ def _metrics(
         "before the clip's speech ended, whether or not the server then took the turn back "
         f"(reply_discarded) unheard; {', '.join(early) or 'none'}; {how}",
     )
+    discarded = [e for e in rec["events"] if e.get("kind") == "reply_discarded"]
+    replies_made = sum(1 for e in rec["events"] if e.get("kind") == "turn") + len(discarded)
+    wasted_s = sum(float(e.get("busy_s", 0.0)) for e in discarded)
+    out["conversation_replies_discarded"] = metric(
+        len(discarded),
+        "replies",
+        "info",
+        f"replies begun (preemptively, at a pause) and thrown away unheard because the caller went on, "
+        f"of {replies_made} begun; they kept LLM/TTS busy {wasted_s:.1f} s in all, produced "
+        f"{sum(int(e.get('llm_deltas', 0)) for e in discarded)} LLM deltas and "
+        f"{sum(float(e.get('tts_audio_s', 0.0)) for e in discarded):.1f} s of TTS audio; {how}",
+    )
+    out["conversation_preemption_wasted_s"] = metric(
+        round(wasted_s, 3),
+        "s",
+        "info",
+        "summed busy_s of the discarded replies (wall time each ran, LLM streaming and the opening "
+        f"sentence's TTS): the compute preemptive replies cost; {how}",
+    )
     out["conversation_false_barge_ins"] = metric(
         len(false_barge),
         "sounds",
