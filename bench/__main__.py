@@ -16,6 +16,7 @@ from bench import (
     memory,
     outreach,
     outreach_scale,
+    replies,
     soak,
     tts,
     turn_model,
@@ -29,6 +30,7 @@ SUITES = {
     "tts": tts.run,
     "llm": llm.run,
     "calls": calls.run,
+    "replies": replies.run,  # ~5 min: 40 written questions x 5 samples through the local LLM
     "turn_model": turn_model.run,  # ~8-10 min: ~500 Piper clips through Whisper and Smart Turn v3
     "conversation": conversation_browser.run,  # ~6 min: the scripted 14-turn browser call (headline)
     "memory": memory.run,

@@ -49,10 +49,15 @@ from voiceagent.pipeline.settings import ConversationSettings
 QUESTIONS_FILE = Path(__file__).with_name("replies_questions.yaml")
 SAMPLES = 5
 CONCURRENCY = 2  # the 2-core bench machine: one request per core
+# Persona prompts tried for SmolLM2-135M (see the module docstring for how they are compared).
 CANDIDATES = {
     "previous": (
         "You are {persona}, a friendly voice assistant. You are talking, not writing: answer in one "
         "to three short sentences, no lists, no markdown, no emoji. If you do not know, say so."
+    ),
+    "previous_two": (
+        "You are {persona}, a friendly voice assistant. You are talking, not writing: answer in one "
+        "or two short sentences. If you do not know, say so."
     ),
     "short": "You are {persona}, a helpful voice assistant. Answer in one or two short sentences.",
     "phone": (
@@ -63,6 +68,22 @@ CANDIDATES = {
     "example": (
         "You are {persona}, a helpful voice assistant. Answer briefly and directly, in plain words. "
         'For example, asked "What is the capital of Italy?", you say "The capital of Italy is Rome."'
+    ),
+    "answer_first": (
+        "You are {persona}, a helpful voice assistant. Answer the question in your first sentence, "
+        "then stop. Keep it short and simple."
+    ),
+    "plain": (
+        "You are {persona}, a helpful voice assistant. Answer the question briefly and directly, "
+        "in plain words."
+    ),
+    "plain_first": (
+        "You are {persona}, a helpful voice assistant. Answer the question directly in your first "
+        "sentence, in plain words."
+    ),
+    "plain_two": (
+        "You are {persona}, a helpful voice assistant. Answer the question briefly and directly, in one "
+        "or two sentences of plain words."
     ),
 }
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
@@ -333,7 +354,7 @@ def main(argv: list[str]) -> int:
     if args.candidates:
         limit_sets = {
             "default": ReplyLimits(),
-            "3 sentences, 70 tokens": ReplyLimits(max_sentences=3, max_tokens=70),
+            "3 sentences, 60 tokens": ReplyLimits(max_sentences=3, max_tokens=60),
         }
         asyncio.run(_compare(args.samples, limit_sets, args.dump))
         return 0

@@ -139,6 +139,17 @@ def test_a_repeated_phrase_ends_the_reply_cleanly(text: str, said: list[str]) ->
     assert pieces == said and reply.stop_reason == "loop"
 
 
+def test_a_word_that_loops_on_itself_is_never_spoken() -> None:
+    # It never ends, so it is caught while still being written, before the budget would close it off.
+    pieces, reply, pushed = speak(
+        "It is fine. Then Ishamadadadadadadadadadadadadadadadadadadadadadadadadad", deltas=None
+    )
+    assert pieces == ["It is fine."] and reply.stop_reason == "loop"
+    babble = "Isham" + "ad" * 200
+    pieces, reply, pushed = speak(babble, deltas=[babble[i : i + 3] for i in range(0, len(babble), 3)])
+    assert pieces == [] and reply.stop_reason == "loop" and pushed < 10
+
+
 def test_a_phrase_loop_after_whole_sentences_drops_the_half_sentence() -> None:
     pieces, reply, _ = speak("The museum opens at ten. We can go there and then and then and then and then.")
     assert pieces == ["The museum opens at ten."] and reply.stop_reason == "loop"
@@ -156,7 +167,11 @@ def test_a_run_on_sentence_ends_at_its_last_clause_break() -> None:
 
 
 def test_chinese_sentences_are_counted_and_repeats_caught() -> None:
-    pieces, reply, _ = speak("北京是中国的首都。它很大。它有很多人。", ReplyLimits(max_sentences=2), deltas=list("北京是中国的首都。它很大。它有很多人。"))
+    pieces, reply, _ = speak(
+        "北京是中国的首都。它很大。它有很多人。",
+        ReplyLimits(max_sentences=2),
+        deltas=list("北京是中国的首都。它很大。它有很多人。"),
+    )
     assert pieces == ["北京是中国的首都。", "它很大。"] and reply.stop_reason == "sentences"
     looping = "对不起。" * 20
     pieces, reply, _ = speak(looping, deltas=list(looping))

@@ -26,6 +26,11 @@ _WORD = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+(?:['’][^\W_{_CJK}]+)*")
 # Calibrated on SmolLM2's own tokenizer over bench replies (bench/replies.py prints the ratio).
 _TOKEN = re.compile(rf"[{_CJK}]|[^\W\d_{_CJK}]{{1,6}}|\d{{1,3}}|[^\w\s]")
 _CJK_CHAR = re.compile(rf"[{_CJK}]")
+# No word at all: a letter said six times over, a syllable four times ("adadadad"), or 40 letters
+# without a break. Checked on the word still being written too: it may never end.
+_GIBBERISH = re.compile(
+    rf"([^\W\d_])\1{{5,}}|([^\W\d_]{{2,6}}?)\2{{3,}}|[^\W\d_{_CJK}]{{40,}}", re.IGNORECASE
+)
 _ENDERS = ".!?…。！？"
 _CLOSERS = "\"'”’)]」』】*_~ \t"
 _SOFT_BREAK = re.compile(r"[,;:，；：、—–]")
@@ -46,10 +51,10 @@ class ReplyLimits(BaseModel):
 
     max_sentences: int = Field(2, ge=1, description="sentences spoken at most; a first clause is no sentence")
     max_tokens: int = Field(
-        50, ge=1, description="estimated tokens of reply text at most (see estimate_tokens): ~12 s of speech"
+        40, ge=1, description="estimated tokens of reply text at most (see estimate_tokens): ~10 s of speech"
     )
     max_sentence_words: int = Field(
-        40, ge=5, description="a sentence still unfinished after this many words is a run-on: the reply ends"
+        30, ge=5, description="a sentence still unfinished after this many words is a run-on: the reply ends"
     )
     repeat_similarity: float = Field(
         0.8,
@@ -177,7 +182,7 @@ class SpokenReply:
             start = self._text.find(piece, self._cursor)  # the chunker's pieces are verbatim slices
             end = start + len(piece)
             self._cursor = end
-            if loop is not None and end > loop[0]:
+            if loop is not None and end > loop:
                 break
             clause = not self._chunker_emitted and bool(self._chunker.first_clause_words)
             self._chunker_emitted = True
@@ -200,7 +205,7 @@ class SpokenReply:
             else:
                 self._held.append(piece)
         if loop is not None:
-            out += self._stop("loop", loop[0], run_on=loop[1])
+            out += self._stop("loop", loop)
         return out
 
     def _completes(self, piece: str, end: int) -> bool:
@@ -224,9 +229,18 @@ class SpokenReply:
             for i in range(len(words) - 2 * n + 1)
         )
 
-    def _guard(self, final: bool) -> tuple[int, bool] | None:
-        """Where the text turns degenerate (offset, is it a run-on), judged on whole words: a phrase
-        repeated in a row, a long stretch said a second time, or a sentence that never ends."""
+    def _guard(self, final: bool) -> int | None:
+        """Where the text turns degenerate: a word that is none, or,
+        judged on whole words, a phrase repeated in a row, a long stretch said a second time, or
+        a sentence that never ends."""
+        found = self._guard_words(final)
+        if gibberish := _GIBBERISH.search(self._text):
+            word = next(m for m in _WORD.finditer(self._text) if m.end() > gibberish.start())
+            if found is None or word.start() < found:
+                return word.start()
+        return found
+
+    def _guard_words(self, final: bool) -> int | None:
         matches = [m for m in _WORD.finditer(self._text) if final or self._word_done(m.end())]
         words = [m.group().lower().replace("’", "'") for m in matches]
         limits = self.limits
@@ -242,14 +256,14 @@ class SpokenReply:
                     words[first + k * n : first + (k + 1) * n] == words[i + 1 - n : i + 1]
                     for k in range(copies)
                 ):
-                    return self._after_punctuation(matches[first + n - 1].end()), False
+                    return self._after_punctuation(matches[first + n - 1].end())
             if i + 1 - limits.copy_words >= self._run_start:  # within a sentence: "tea leaves. You"
                 gram = tuple(words[i + 1 - limits.copy_words : i + 1])
                 if gram in self._seen:
-                    return matches[i + 1 - limits.copy_words].start(), False
+                    return matches[i + 1 - limits.copy_words].start()
                 self._seen[gram] = i
             if i - self._run_start + 1 > limits.max_sentence_words:
-                return matches[i].start(), True
+                return matches[i].start()
         return None
 
     def _word_done(self, end: int) -> bool:
@@ -268,7 +282,7 @@ class SpokenReply:
             offset += 1
         return offset
 
-    def _stop(self, reason: str, cut: int, run_on: bool = False) -> list[str]:
+    def _stop(self, reason: str, cut: int) -> list[str]:
         """End the reply at ``cut``: whole sentences before it are spoken (within the limits); an
         unfinished one only when nothing whole was said yet or its opening clause already was."""
         self._end(reason)
@@ -295,7 +309,7 @@ class SpokenReply:
             clause_spoken = False
         tail = self._text[max(start, self._released) : cut]
         if len(self._sentences) < self.limits.max_sentences and (not self._sentences or clause_spoken):
-            closed = _close(tail, run_on)
+            closed = _close(tail)
             if closed:
                 out.append(closed)
         return out
@@ -305,14 +319,13 @@ class SpokenReply:
         self._ended = True
 
 
-def _close(fragment: str, run_on: bool) -> str | None:
-    """An unfinished sentence made speakable: not ending on "and the", with a full stop. A run-on
-    is cut at its last clause break, if any, rather than at an arbitrary word."""
+def _close(fragment: str) -> str | None:
+    """An unfinished sentence made speakable: cut at its last clause break (if that leaves three
+    words) rather than mid-clause, not ending on "and the", and with a full stop."""
     text = fragment.strip()
-    if run_on:
-        breaks = [m.start() for m in _SOFT_BREAK.finditer(text) if len(_WORD.findall(text[: m.start()])) >= 3]
-        if breaks:
-            text = text[: breaks[-1]]
+    breaks = [m.start() for m in _SOFT_BREAK.finditer(text) if len(_WORD.findall(text[: m.start()])) >= 3]
+    if breaks:
+        text = text[: breaks[-1]]
     while True:
         text = _TRAILING_PUNCT.sub("", text)
         last = list(_WORD.finditer(text))

@@ -11,9 +11,11 @@ class ConversationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     persona: str = "Ava"
+    # Chosen by measurement (bench/replies.py) among 10 prompts for SmolLM2-135M: an example answer
+    # steers a tiny model better than rules about length, which replies.py enforces anyway.
     system_prompt: str = (
-        "You are {persona}, a friendly voice assistant. You are talking, not writing: answer in one "
-        "to three short sentences, no lists, no markdown, no emoji. If you do not know, say so."
+        "You are {persona}, a helpful voice assistant. Answer briefly and directly, in plain words. "
+        'For example, asked "What is the capital of Italy?", you say "The capital of Italy is Rome."'
     )
     history_turns: int = Field(12, ge=1, description="user/assistant exchanges kept for the model")
     # A spoken reply's size, enforced on the LLM's stream whatever the model does.
