@@ -268,3 +268,24 @@ async def test_words_long_after_the_caller_stopped_are_a_barge_in() -> None:
     await call.run([(0.5, 1.5, 0), (2.8, 3.6, 1)], until_s=8.0)  # 1.3 s after: a new turn
     assert call.of(ReplyDiscarded) == [] and len(call.of(Interrupted)) == 1
     assert [t.user_text for t in call.of(TurnCompleted)] == ["Table for two.", "At eight please."]  # type: ignore[union-attr]
+
+
+async def test_one_word_heard_early_is_judged_again_on_the_whole_voice() -> None:
+    # The first 0.3 s of voice transcribe to "Oh" alone: not enough to cut the agent off. The
+    # whole voice, once the caller stops, is "Oh okay." (a backchannel): the agent goes on.
+    call = Call({0: "What dishes do you have?", 1: "Oh", 2: "okay."}, [ANSWER])
+    await call.run([(0.5, 1.5, 0), (2.8, 3.2, 1), (3.2, 3.5, 2)], until_s=9.0)
+    assert call.of(Interrupted) == []
+    assert [e.reason for e in call.of(BargeIn) if e.phase == "rejected"] == ["backchannel"]  # type: ignore[union-attr]
+    assert not only_turn(call).interrupted
+
+
+async def test_a_one_word_interruption_cuts_the_agent_once_the_caller_stops() -> None:
+    call = Call({0: "What dishes do you have?", 1: "Stop."}, [ANSWER, OTHER])
+    await call.run([(0.5, 1.5, 0), (2.8, 3.3, 1)], until_s=9.0)
+    [suspected] = [e for e in call.of(BargeIn) if e.phase == "suspected"]
+    [interrupted] = call.of(Interrupted)
+    # Held from the onset; cut after 0.3 s of quiet and a transcript of the whole voice.
+    assert not call.audible_between(suspected.at_s + 0.001, interrupted.at_s + 0.02)
+    assert interrupted.at_s == pytest.approx(3.3 + 0.3 + 0.15, abs=0.04)
+    assert [t.user_text for t in call.of(TurnCompleted)][-1] == "Stop."  # type: ignore[union-attr]

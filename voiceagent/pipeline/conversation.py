@@ -55,7 +55,7 @@ from voiceagent.pipeline.frames import (
     TurnCompleted,
     UserTranscript,
 )
-from voiceagent.pipeline.interruptions import Suspicion, classify_overlap
+from voiceagent.pipeline.interruptions import Suspicion, classify_overlap, words_of
 from voiceagent.pipeline.playout import Playout
 from voiceagent.pipeline.replies import SpokenReply
 from voiceagent.pipeline.settings import ConversationSettings
@@ -654,7 +654,11 @@ class Conversation:
         if suspicion.check is not None:
             return
         if suspicion.quiet_s >= settings.barge_in_release_s:
-            self._reject(turn, suspicion.verdict or "short")
+            if suspicion.unsure and not suspicion.final:
+                suspicion.final = True
+                suspicion.check = self._spawn(self._check_voice(turn, suspicion), name="barge-in-check")
+            else:
+                self._reject(turn, suspicion.verdict or "short")
         elif suspicion.held_s >= settings.barge_in_max_hold_s:
             suspicion.given_up = True
             self._reject(turn, "too_long", keep=suspicion)
@@ -663,16 +667,20 @@ class Conversation:
         """Transcribe the voice over the agent: words interrupt, anything else does not."""
         covered_s = suspicion.voiced_s
         audio = self._audio_since(suspicion.onset_s - self.settings.pre_roll_s)
+        text = ""
         try:
-            text = (await self.asr.transcribe(audio, partial=True)).text  # no word timing: faster
+            text = (await self.asr.transcribe(audio)).text
             verdict = classify_overlap(text, " ".join(turn.spoken), self.settings.backchannels)
         except Exception as exc:  # no way to tell: the caller is heard rather than talked over
             log.warning("barge-in check failed (%s: %s): taken as words", type(exc).__name__, exc)
-            verdict = "words"
+            verdict, suspicion.final = "words", True
         if self._suspicion is not suspicion or self._replying is not turn:
             return  # judged meanwhile (the reply ended, or the call)
         suspicion.check = None
         suspicion.checked_voiced_s = covered_s
+        if verdict == "words" and not suspicion.final and len(words_of(text)) < 2:
+            suspicion.unsure = True  # judged again on the whole voice once the caller stops
+            return
         if verdict == "words":
             if self._caller_went_on(turn, suspicion):
                 self._reopen_turn(turn)

@@ -19,7 +19,7 @@ Verdict = Literal["words"] | NotWords
 
 _WORD = re.compile(r"[^\W\d_\u4e00-\u9fff]+(?:'[^\W\d_]+)?|\d+|[\u4e00-\u9fff]")
 # Hums ASR spells many ways ("mm-hmm", "mhm", "uh-huh", "hmmm", "um"): each part is a backchannel.
-_HUM = re.compile(r"(?:[mhn]+|u+[hm]+|h+u+h+|a+h+)")
+_HUM = re.compile(r"(?:[mhn]+|u+[hm]+|h+u+h+|[ao]+h+)")
 ECHO_OVERLAP = 0.7  # share of the heard words that repeat what the agent said, in its order
 
 
@@ -63,6 +63,10 @@ class Suspicion:
     checked_voiced_s: float = 0.0  # voiced seconds the last finished check covered
     given_up: bool = False  # held too long without words: released, ignored until quiet
     verdict: NotWords | None = None  # what the last check heard, when it was not words
+    # One word from the first moment of voice ("oh", "I") is weak evidence: it is judged again on
+    # the whole voice once the caller stops, and only then interrupts (the agent stays held).
+    unsure: bool = False
+    final: bool = False  # the check on the whole voice is running or done
 
     def frame(self, voiced: bool, frame_s: float) -> None:
         self.held_s += frame_s
