@@ -30,7 +30,7 @@ SUITES = {
     "tts": tts.run,
     "llm": llm.run,
     "calls": calls.run,
-    "replies": replies.run,  # ~5 min: 40 written questions x 5 samples through the local LLM
+    "replies": replies.run,  # ~5 min: 42 written questions x 5 samples through the local LLM
     "turn_model": turn_model.run,  # ~8-10 min: ~500 Piper clips through Whisper and Smart Turn v3
     "conversation": conversation_browser.run,  # ~6 min: the scripted 14-turn browser call (headline)
     "memory": memory.run,

@@ -6,7 +6,7 @@ bench-only caps). The raw reply is the whole streamed text; the shaped one is wh
 with the default `ReplyLimits` hands to TTS, fed the same deltas in the same order (it is
 deterministic, so replaying equals running it live and cancelling the stream at its stop).
 
-- within the sentence limit: sentences (the TTS splitter's) <= ReplyLimits().max_sentences;
+- within the sentence limit: sentences (the TTS splitter's) <= the default max_sentences;
 - loop: an unmistakable degeneration, defined here independently of (and more leniently than)
   the guard: a sentence said twice word for word, a 1-8 word phrase three times in a row (one word
   four times), any 8 words in a row said twice, or a sentence of over 50 words;
@@ -268,10 +268,11 @@ async def collect(prompts: dict[str, str], samples: int, dump: Path | None = Non
 
 async def _run(samples: int = SAMPLES) -> dict[str, Metric]:
     conversation = ConversationSettings()
-    limits = ReplyLimits()
-    if load_settings().conversation.system_prompt != conversation.system_prompt:
+    limits = conversation.reply
+    configured = load_settings().conversation
+    if (configured.system_prompt, configured.reply) != (conversation.system_prompt, limits):
         print(
-            "bench.replies: configs/default.yaml's system_prompt differs from the code default",
+            "bench.replies: the config's prompt or reply limits differ from the code defaults",
             file=sys.stderr,
         )
     [replies] = (await collect({"default": conversation.system_prompt}, samples)).values()
@@ -353,7 +354,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.candidates:
         limit_sets = {
-            "default": ReplyLimits(),
+            "default": ConversationSettings().reply,
             "3 sentences, 60 tokens": ReplyLimits(max_sentences=3, max_tokens=60),
         }
         asyncio.run(_compare(args.samples, limit_sets, args.dump))

@@ -289,3 +289,10 @@ async def test_a_one_word_interruption_cuts_the_agent_once_the_caller_stops() ->
     assert not call.audible_between(suspected.at_s + 0.001, interrupted.at_s + 0.02)
     assert interrupted.at_s == pytest.approx(3.3 + 0.3 + 0.15, abs=0.04)
     assert [t.user_text for t in call.of(TurnCompleted)][-1] == "Stop."  # type: ignore[union-attr]
+
+
+async def test_a_reply_with_nothing_sayable_becomes_the_fallback_line() -> None:
+    gibberish = ScriptedReply(tokens=["ad" * 4] + ["ad"] * 30, token_delay_s=0.01)
+    call = Call({0: "Hello?"}, [gibberish])
+    await call.run([(0.5, 1.5, 0)], until_s=8.0)
+    assert only_turn(call).agent_text == call.settings.fallback_line

@@ -550,6 +550,8 @@ class Conversation:
                     break
             for sentence in reply.flush():
                 sentences.put_nowait(sentence)
+            if not reply.spoken and turn.prompt is None:  # nothing sayable (gibberish, empty)
+                sentences.put_nowait(self.settings.fallback_line)
         except Exception as exc:
             _raise_if_cancelling(exc)
             self._fault("llm", exc, turn)

@@ -11,11 +11,12 @@ class ConversationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     persona: str = "Ava"
-    # Chosen by measurement (bench/replies.py) among 10 prompts for SmolLM2-135M: an example answer
-    # steers a tiny model better than rules about length, which replies.py enforces anyway.
+    # Chosen by measurement (bench/replies.py) among 11 prompts for SmolLM2-135M: the one it follows
+    # best (2/3 of raw replies within two sentences, 1/10 looping, vs 0.44 and 0.21 for the rest's
+    # best), answering as often as any; replies.py enforces the length anyway.
     system_prompt: str = (
-        "You are {persona}, a helpful voice assistant. Answer briefly and directly, in plain words. "
-        'For example, asked "What is the capital of Italy?", you say "The capital of Italy is Rome."'
+        "You are {persona}, a helpful voice assistant. Answer the question briefly and directly, in one "
+        "or two sentences of plain words."
     )
     history_turns: int = Field(12, ge=1, description="user/assistant exchanges kept for the model")
     # A spoken reply's size, enforced on the LLM's stream whatever the model does.
