@@ -133,14 +133,26 @@ async def test_a_backchannel_holds_the_agent_for_a_moment_then_it_goes_on() -> N
     suspected, rejected = call.of(BargeIn)
     assert isinstance(suspected, BargeIn) and isinstance(rejected, BargeIn)
     assert (suspected.phase, rejected.phase, rejected.reason) == ("suspected", "rejected", "backchannel")
-    # Held from the onset (silent) until 0.3 s after the voice stopped, then resumed.
+    # Held from the onset (silent) until its first 0.3 s are transcribed (0.15 s): a backchannel,
+    # so the agent goes on at once, over the rest of the "mm-hm".
     assert not call.audible_between(suspected.at_s + 0.001, rejected.at_s)
-    assert rejected.at_s == pytest.approx(3.3 + 0.3, abs=0.03)
+    assert rejected.at_s == pytest.approx(2.8 + 0.3 + 0.15, abs=0.03)
     assert call.audible_between(rejected.at_s, rejected.at_s + 0.1)
     assert call.of(Interrupted) == []
     turn = only_turn(call)
     assert not turn.interrupted and turn.agent_text_heard == turn.agent_text  # nothing was lost
     assert len(call.llm.requests) == 1  # "mm-hm" was not a turn
+
+
+async def test_voice_whose_transcript_never_comes_is_let_go_after_the_longest_hold() -> None:
+    settings = ConversationSettings(barge_in_max_hold_s=1.0)
+    slow = FakeASR({0: "What dishes do you have?", 1: "Wait."}, delay_s=0.15)
+    call = Call({}, [ANSWER], settings=settings, asr=slow)
+    await call.run([(0.5, 1.5, 0)], until_s=2.4)
+    slow.delay_s = 5.0  # the check of the voice over the agent is stuck in ASR
+    await call.run([(0.0, 2.0, 1)], until_s=3.0)
+    rejected = [e for e in call.of(BargeIn) if e.phase == "rejected"]
+    assert [e.reason for e in rejected] == ["too_long"]  # type: ignore[union-attr]
 
 
 async def test_the_agents_own_words_coming_back_do_not_interrupt_it() -> None:
@@ -151,11 +163,11 @@ async def test_the_agents_own_words_coming_back_do_not_interrupt_it() -> None:
 
 
 async def test_a_noise_that_never_becomes_words_is_let_go() -> None:
-    settings = ConversationSettings(barge_in_max_hold_s=1.0)
-    call = Call({0: "What dishes do you have?", 1: ""}, [ANSWER], settings=settings)
+    call = Call({0: "What dishes do you have?", 1: ""}, [ANSWER])
     await call.run([(0.5, 1.5, 0), (2.4, 5.0, 1)], until_s=10.0)  # 2.6 s of "voice" ASR hears nothing
     rejected = [e for e in call.of(BargeIn) if e.phase == "rejected"]
-    assert [e.reason for e in rejected] == ["too_long"]  # type: ignore[union-attr]
+    assert [e.reason for e in rejected] == ["nothing"]  # type: ignore[union-attr]
+    assert rejected[0].at_s == pytest.approx(2.4 + 0.3 + 0.15, abs=0.03)  # judged once, not again
     assert call.audible_between(3.5, 4.0)  # the agent went on while the noise lasted
     assert not only_turn(call).interrupted
 

@@ -653,17 +653,15 @@ class Conversation:
             return
         if suspicion.check_due(settings.interrupt_min_speech_s):
             suspicion.check = self._spawn(self._check_voice(turn, suspicion), name="barge-in-check")
-        if suspicion.check is not None:
-            return
-        if suspicion.quiet_s >= settings.barge_in_release_s:
+        if suspicion.held_s >= settings.barge_in_max_hold_s:  # (words found later still cut)
+            suspicion.given_up = True
+            self._reject(turn, "too_long", keep=suspicion)
+        elif suspicion.check is None and suspicion.quiet_s >= settings.barge_in_release_s:
             if suspicion.unsure and not suspicion.final:
                 suspicion.final = True
                 suspicion.check = self._spawn(self._check_voice(turn, suspicion), name="barge-in-check")
             else:
                 self._reject(turn, suspicion.verdict or "short")
-        elif suspicion.held_s >= settings.barge_in_max_hold_s:
-            suspicion.given_up = True
-            self._reject(turn, "too_long", keep=suspicion)
 
     async def _check_voice(self, turn: _Turn, suspicion: Suspicion) -> None:
         """Transcribe the voice over the agent: words interrupt, anything else does not."""
@@ -689,9 +687,11 @@ class Conversation:
             else:
                 self._interrupt()
             return
-        suspicion.verdict = verdict
-        if suspicion.quiet_s >= self.settings.barge_in_release_s:
-            self._reject(turn, verdict)
+        # Not words: the agent goes on at once, over the rest of this sound (talking over an
+        # "mm-hm" is what people do); the same sound is not judged again until a quiet spell.
+        if not suspicion.given_up:  # (else it was let go already, for holding too long)
+            suspicion.verdict, suspicion.given_up = verdict, True
+            self._reject(turn, verdict, keep=suspicion)
 
     def _caller_went_on(self, turn: _Turn, suspicion: Suspicion) -> bool:
         """Words this soon after the caller's own speech ended continue their turn, even though
