@@ -97,7 +97,10 @@ async def _run() -> dict[str, Metric]:
     asr = WhisperASR()
     await asr.load()
     out["asr_load_s"] = metric(
-        time.perf_counter() - started, "s", "< 3", "Whisper base int8, 2 threads, weights already assembled"
+        time.perf_counter() - started,
+        "s",
+        "< 3",
+        f"Whisper base int8, {asr.settings.cpu_threads} thread(s), weights already assembled",
     )
 
     clips = {n: synthesize_speech(text) for n, text in UTTERANCES.items()}
@@ -114,7 +117,8 @@ async def _run() -> dict[str, Metric]:
             await _rtf(asr, clips[8], c),
             "x",
             "< 0.3",
-            f"mean call time / audio length, {c} concurrent calls; default pool: 1 worker x 2 threads, "
+            f"mean call time / audio length, {c} concurrent calls; default pool: "
+            f"{asr.settings.pool.workers} worker x {asr.settings.cpu_threads} thread(s), "
             "so calls beyond 1 queue",
         )
 

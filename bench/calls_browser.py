@@ -15,6 +15,7 @@ import numpy as np
 from bench.calls_common import log, p50, speech
 from bench.results import Metric, metric, percentile
 from tests.e2e.browser import CHROMIUM, chromium_args
+from voiceagent.pipeline.settings import ConversationSettings
 
 AUDIBLE = 0.005  # rms of window.__va.levels (float audio, 5.3 ms window): the agent is heard
 SILENT = 0.003  # below this for STOP_HOLD_MS = the agent stopped
@@ -357,7 +358,8 @@ async def measure_barge_in(base: str, tmp: Path) -> dict[str, Metric]:
     }
     if decisions:
         out["barge_in_decision_latency_p50_s"] = metric(
-            p50(decisions), "s", "info (>= interrupt_min_speech_s 0.3 s by design)",
+            p50(decisions), "s",
+            f"info (>= interrupt_min_speech_s {ConversationSettings().interrupt_min_speech_s} s by design)",
             "onset of the interrupting speech in the mic wav (mapped to the page clock, fit "
             f"r={r:.3f}) -> the "
             "'interrupted' event at the page: uplink + VAD + interrupt_min_speech_s + event downlink",

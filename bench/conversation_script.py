@@ -65,7 +65,7 @@ SCRIPT: tuple[Step, ...] = (
     ),
     Step("kitchen", "question", ("What time does the kitchen close on Saturdays?",), 1.15),
     Step("dishes", "long", ("Could you describe your three most popular dishes in detail?",), 1.05),
-    Step("mm_hm", "mm_hm", rate=1.0, after="speaking", into_s=2.0),
+    Step("mm_hm", "mm_hm", rate=1.0, after="speaking", into_s=1.0),
     Step("group", "question", ("Do you take reservations for a group of six people?",), 0.9),
     Step(
         "time", "hesitation",
@@ -75,14 +75,14 @@ SCRIPT: tuple[Step, ...] = (
     Step("story", "long", ("Tell me a long story about how your restaurant first started.",), 1.1),
     Step(
         "parking", "barge_in", ("Sorry, stop there. Is there parking near the restaurant?",), 1.1,
-        after="speaking", into_s=2.5,
+        after="speaking", into_s=1.5,
     ),
     Step("desserts", "long", ("What desserts do you have? Please describe each one.",), 0.95),
-    Step("cough", "cough", after="speaking", into_s=1.5),
+    Step("cough", "cough", after="speaking", into_s=1.0),
     Step("pasta", "long", ("Please explain everything about how you make your fresh pasta.",), 1.0),
     Step(
         "bread", "barge_in", ("Actually, never mind. Do you have gluten free bread?",), 1.15,
-        after="speaking", into_s=3.0,
+        after="speaking", into_s=1.5,
     ),
     Step(
         "terrace", "hesitation",

@@ -14,7 +14,7 @@ import time
 from bench.results import Metric, metric, percentile
 from voiceagent.config import load_settings
 from voiceagent.engines.base import ChatMessage
-from voiceagent.engines.llm.local_server import LocalLLMServer
+from voiceagent.engines.llm.local_server import LocalLLMServer, local_engine
 from voiceagent.engines.llm.openai_compat import OpenAICompatibleLLM
 
 CONCURRENCY_ROUNDS = {1: 6, 2: 4, 4: 3}
@@ -52,7 +52,7 @@ async def _run() -> dict[str, Metric]:
             server.start_s, "s", "< 5", f"child process up and /health OK, {local.model_path}"
         )
     }
-    engine = OpenAICompatibleLLM(settings, base_url=server.base_url, keep_alive=False)
+    engine = local_engine(settings.model_copy(update={"local": local}), server)
     try:
         await _one(engine, "Hello")  # warm-up: first-use allocations
         for concurrency, rounds in CONCURRENCY_ROUNDS.items():

@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.results import Metric, metric
 from voiceagent.config import load_settings
 from voiceagent.engines.base import ChatMessage
-from voiceagent.engines.llm.local_server import LocalLLMServer
+from voiceagent.engines.llm.local_server import LocalLLMServer, local_engine
 from voiceagent.engines.llm.openai_compat import OpenAICompatibleLLM
 from voiceagent.engines.settings import TTSSettings
 from voiceagent.engines.tts.piper import PiperTTS
@@ -61,7 +61,7 @@ async def _llm(out: dict[str, Metric]) -> None:
     server = LocalLLMServer(local)
     await server.start()
     assert server.pid is not None
-    engine = OpenAICompatibleLLM(settings, base_url=server.base_url, keep_alive=False)
+    engine = local_engine(settings, server)
     try:
         await _conversation(engine, -1)  # warm-up: first-use allocations are not growth
         start = rss_mb(server.pid)

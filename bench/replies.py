@@ -39,11 +39,11 @@ import yaml
 from bench.results import Metric, metric, percentile
 from voiceagent.config import load_settings
 from voiceagent.engines.base import ChatMessage
-from voiceagent.engines.llm.local_server import LocalLLMServer
+from voiceagent.engines.llm.local_server import LocalLLMServer, local_engine
 from voiceagent.engines.llm.openai_compat import OpenAICompatibleLLM
 from voiceagent.engines.tts.piper import PiperTTS
 from voiceagent.engines.tts.text import clean_text, split_sentences
-from voiceagent.pipeline.replies import ReplyLimits, SpokenReply, estimate_tokens
+from voiceagent.pipeline.replies import ReplyLimits, SpokenReply, estimate_tokens, words_of
 from voiceagent.pipeline.settings import ConversationSettings
 
 QUESTIONS_FILE = Path(__file__).with_name("replies_questions.yaml")
@@ -87,7 +87,6 @@ CANDIDATES = {
     ),
 }
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
-_WORD = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]|[^\W_]+(?:'[^\W_]+)*")
 
 
 @dataclass
@@ -97,14 +96,11 @@ class Sample:
     finish_reason: str | None
     shaped: list[str] = field(default_factory=list)
     stop_reason: str | None = None
+    opening_clause: bool = False  # shaped[0] is an opening clause, run on into its sentence
 
     @property
     def raw(self) -> str:
         return "".join(self.deltas)
-
-
-def _words(text: str) -> list[str]:
-    return [w.lower() for w in _WORD.findall(text.replace("’", "'"))]
 
 
 def sentence_count(text: str) -> int:
@@ -115,16 +111,16 @@ def shaped_text(sample: Sample) -> str:
     """The pieces as the voice gets them: one line each (so a list marker at a piece's start is
     cleaned off as it is for TTS), an opening clause run on into the rest of its sentence."""
     return "".join(
-        piece + (" " if piece.rstrip().endswith((",", "，")) else "\n") for piece in sample.shaped
+        piece + (" " if i == 0 and sample.opening_clause else "\n") for i, piece in enumerate(sample.shaped)
     ).strip()
 
 
 def has_loop(text: str) -> bool:
-    sentences = [tuple(_words(s)) for s in split_sentences(clean_text(text))]
+    sentences = [tuple(words_of(s)) for s in split_sentences(clean_text(text))]
     sentences = [s for s in sentences if s]
     if len(set(sentences)) < len(sentences) or any(len(s) > 50 for s in sentences):
         return True
-    words = _words(text)
+    words = words_of(text)
     for n in range(1, 9):
         copies = 4 if n == 1 else 3
         for i in range(len(words) - n * copies + 1):
@@ -154,6 +150,7 @@ def shape(sample: Sample, limits: ReplyLimits, first_clause_words: int | None) -
             break
     sample.shaped += reply.flush()
     sample.stop_reason = reply.stop_reason
+    sample.opening_clause = reply.opening_clause is not None
 
 
 async def ask_all(
@@ -213,8 +210,8 @@ def figures(samples: list[Sample], limits: ReplyLimits) -> Figures:
         loop=share([has_loop(t) for t in shaped]),
         addresses_raw=share([addresses(t, s.question["expect"]) for t, s in zip(raw, samples, strict=True)]),
         addresses=share([addresses(t, s.question["expect"]) for t, s in zip(shaped, samples, strict=True)]),
-        words_raw=statistics.mean(len(_words(t)) for t in raw),
-        words=statistics.mean(len(_words(t)) for t in shaped),
+        words_raw=statistics.mean(len(words_of(t)) for t in raw),
+        words=statistics.mean(len(words_of(t)) for t in shaped),
         stops=Counter(s.stop_reason or "end" for s in samples),
         truncated_raw=share([s.finish_reason == "length" for s in samples]),
         # llama.cpp streams one token per delta: the estimate's error on the model's own tokens.
@@ -248,7 +245,7 @@ async def collect(prompts: dict[str, str], samples: int, dump: Path | None = Non
     questions = yaml.safe_load(QUESTIONS_FILE.read_text())
     server = LocalLLMServer(local)
     await server.start()
-    engine = OpenAICompatibleLLM(llm, base_url=server.base_url, keep_alive=False)
+    engine = local_engine(llm.model_copy(update={"local": local}), server)
     got: dict[str, list[Sample]] = {}
     try:
         for name, prompt in prompts.items():

@@ -569,7 +569,8 @@ async def _run(
             lat["p50"],
             "s",
             "< 0.15",
-            f"1 thread while Whisper (2 threads) transcribes 3 s clips nonstop; p95 {lat['p95']:.3f} s; "
+            f"1 thread while Whisper ({asr.settings.cpu_threads} thread(s)) transcribes 3 s clips nonstop; "
+            f"p95 {lat['p95']:.3f} s; "
             f"load average {lat['load']:.1f}",
         )
     finally:

@@ -179,6 +179,25 @@ async def test_http_error_is_engine_error_with_status_and_message() -> None:
         await engine.aclose()
 
 
+async def test_extra_body_fields_reach_the_server() -> None:
+    bodies: list[dict[str, object]] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        bodies.append(await read_request(reader))
+        writer.write(sse_response([chunk({"content": "Hi."}, finish="stop")]))
+        await writer.drain()
+        writer.close()
+
+    async with fake_server(answer) as url:
+        engine = OpenAICompatibleLLM(
+            LLMSettings(base_url=url, extra_body={"repeat_penalty": 1.2, "top_k": 20})
+        )
+        assert [d.text for d in await collect(engine.stream(user("hi"))) if d.text] == ["Hi."]
+        await engine.aclose()
+    assert bodies[0]["repeat_penalty"] == 1.2 and bodies[0]["top_k"] == 20
+    assert bodies[0]["temperature"] == LLMSettings().temperature  # the standard fields are still there
+
+
 async def test_tool_calls_are_assembled_from_streamed_fragments() -> None:
     seen: dict[str, object] = {}
     fragments = [
@@ -318,6 +337,73 @@ async def test_cancel_mid_stream_stops_generation(
         await asyncio.sleep(0.05)
 
     assert "".join(d.text for d in await collect(local_llm.stream(user("Say hi.")))).strip()
+
+
+@pytest.mark.models
+@MODULE
+async def test_dropping_the_oldest_exchanges_reuses_the_cached_rest_of_the_conversation(
+    local_server: LocalLLMServer,
+) -> None:
+    """The agent's memory drops old exchanges from the top of the prompt; the server shifts the
+    rest of its cached conversation into place (llm.local.cache_reuse_tokens) instead of reading
+    it all again: counted in tokens, not timed."""
+    messages: list[dict[str, str]] = [{"role": "system", "content": "Be brief."}]
+    for i in range(8):
+        messages += [
+            {"role": "user", "content": f"Question number {i}: what is {i} plus {i}? Tell me."},
+            {"role": "assistant", "content": f"The answer to question {i} is {2 * i}, as anyone can see."},
+        ]
+
+    async def processed(prompt: list[dict[str, str]]) -> dict[str, int]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            body = {"model": "local", "messages": prompt, "max_tokens": 1}
+            reply = (await client.post(f"{local_server.base_url}/chat/completions", json=body)).json()
+        timings: dict[str, int] = reply["timings"]
+        return timings
+
+    await processed([*messages, {"role": "user", "content": "Thanks."}])
+    kept = [messages[0], *messages[9:], {"role": "user", "content": "Thanks!"}]  # 4 of 8 exchanges dropped
+    second = await processed(kept)
+    assert second["cache_n"] > 5 * second["prompt_n"], second  # most of it came from the cache
+
+
+# A recorded call: SmolLM2 began every reply the same way and, by the end, said earlier replies
+# again word for word.
+COPIED_OPENING = "I'm sorry for any misunderstanding, but as an AI,"
+RECORDED = [
+    ("Hi there, are you open for dinner tonight?", "I'm designed to help with everyday tasks."),
+    ("Do you take reservations for a group of six?", "I don't have the ability to take reservations."),
+    ("Is there parking near the restaurant?", "I don't have the ability to provide parking details."),
+    ("Do you have gluten-free bread?", "I'm designed to provide information."),
+]
+
+
+@pytest.mark.models
+async def test_the_local_servers_repeat_penalty_stops_the_model_copying_its_earlier_replies() -> None:
+    history = [PERSONA]
+    for question, answer in RECORDED:
+        history += [
+            ChatMessage(role="user", content=question),
+            ChatMessage(role="assistant", content=f"{COPIED_OPENING} {answer}"),
+        ]
+    history.append(ChatMessage(role="user", content="How do I get there by bus?"))
+    local = LocalLLMSettings(threads=1, parallel=1, context_tokens=2048)
+
+    async def greedy_reply(repeat_penalty: float) -> str:
+        settings = LLMSettings(
+            max_tokens=12, temperature=0, local=local.model_copy(update={"repeat_penalty": repeat_penalty})
+        )
+        engine, server = await open_llm(settings)
+        assert server is not None
+        try:
+            return "".join(d.text for d in await collect(engine.stream(history)) if d.text)
+        finally:
+            await engine.aclose()
+            await server.stop()
+
+    assert (await greedy_reply(1.0)).startswith("I'm sorry for any")  # the model does copy
+    penalized = await greedy_reply(LocalLLMSettings().repeat_penalty)  # the default
+    assert penalized.strip() and not penalized.startswith("I'm sorry for any"), penalized
 
 
 @pytest.mark.models

@@ -169,3 +169,27 @@ def test_the_first_long_clause_is_spoken_before_its_sentence_ends() -> None:
     assert out == ["Today's weather is mostly sunny,", "with no rain.", "Enjoy it."]
     # Only the first: later commas wait for the sentence to end.
     assert SentenceChunker(first_clause_words=4).push("Yes, ok") == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "clause"),
+    [
+        ("I'm sorry to interrupt but I am not free until tomorrow night.", "I'm sorry to interrupt"),
+        ("The kitchen closes at ten; the bar stays open later.", "The kitchen closes at ten;"),
+        ("Here is what we have today: soup, salad and pasta.", "Here is what we have today:"),
+        ("We opened in nineteen ninety — my grandmother cooked.", "We opened in nineteen ninety"),
+        ("You can park behind the building which is free after six.", "You can park behind the building"),
+        ("我们有三道素菜，都很受欢迎。", "我们有三道素菜，"),
+    ],
+)
+def test_an_opening_clause_ends_where_a_speaker_would_pause(reply: str, clause: str) -> None:
+    chunker = SentenceChunker(first_clause_words=1 if "，" in reply else 4)
+    first = chunker.push(reply.replace("。", "").replace(".", ""))  # the sentence not ended yet
+    assert first == [clause] and chunker.clause == clause
+    assert "".join([*first, *chunker.flush()]).replace(" ", "") == reply.rstrip(".。").replace(" ", "")
+
+
+def test_no_opening_clause_before_and_or_so_which_join_words_as_often_as_clauses() -> None:
+    chunker = SentenceChunker(first_clause_words=4)
+    assert chunker.push("We serve it with salt and pepper and so much more") == []
+    assert chunker.clause is None

@@ -71,9 +71,9 @@ async def test_barge_in_stops_audio_at_once_cancels_the_reply_and_keeps_only_wha
     assert isinstance(suspected, BargeIn) and suspected.phase == "suspected"
     assert suspected.at_s == pytest.approx(3.04, abs=0.005)
     assert call.audible_between(2.5, 3.0) and not call.audible_between(suspected.at_s + 0.001, 4.5)
-    # 0.3 s of voice is transcribed (0.15 s): words, so the reply is cut at ~3.45 s.
+    # 0.2 s of voice is transcribed (0.15 s): words, so the reply is cut at ~3.35 s.
     [interrupted] = call.of(Interrupted)
-    assert interrupted.at_s == pytest.approx(3.3 + 0.15, abs=0.03)
+    assert interrupted.at_s == pytest.approx(3.2 + 0.15, abs=0.03)
     assert call.llm.closed_early == 1  # the LLM stream was closed mid-reply
     first, second = call.of(TurnCompleted)
     assert isinstance(first, TurnCompleted) and isinstance(second, TurnCompleted)

@@ -68,6 +68,11 @@ def test_an_opening_clause_is_not_counted_as_a_sentence() -> None:
     pieces, reply, _ = speak(text, ReplyLimits(max_sentences=1), first_clause_words=4)
     assert pieces == ["Well, the capital city of France,", "as you know, is Paris."]
     assert reply.stop_reason == "sentences" and reply.sentences == 1
+    # An opening clause cut before "but" (no comma to wait for) is no sentence either.
+    text = "I'm sorry to interrupt but we are full tonight. Try tomorrow. Or Friday."
+    pieces, reply, _ = speak(text, ReplyLimits(max_sentences=2), first_clause_words=4)
+    assert pieces == ["I'm sorry to interrupt", "but we are full tonight.", "Try tomorrow."]
+    assert reply.opening_clause == "I'm sorry to interrupt" and reply.sentences == 2
 
 
 def test_the_token_budget_holds_on_a_run_on_and_it_ends_on_a_word() -> None:

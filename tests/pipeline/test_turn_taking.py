@@ -133,10 +133,10 @@ async def test_a_backchannel_holds_the_agent_for_a_moment_then_it_goes_on() -> N
     suspected, rejected = call.of(BargeIn)
     assert isinstance(suspected, BargeIn) and isinstance(rejected, BargeIn)
     assert (suspected.phase, rejected.phase, rejected.reason) == ("suspected", "rejected", "backchannel")
-    # Held from the onset (silent) until its first 0.3 s are transcribed (0.15 s): a backchannel,
+    # Held from the onset (silent) until its first 0.2 s are transcribed (0.15 s): a backchannel,
     # so the agent goes on at once, over the rest of the "mm-hm".
     assert not call.audible_between(suspected.at_s + 0.001, rejected.at_s)
-    assert rejected.at_s == pytest.approx(2.8 + 0.3 + 0.15, abs=0.03)
+    assert rejected.at_s == pytest.approx(2.8 + 0.2 + 0.15, abs=0.03)
     assert call.audible_between(rejected.at_s, rejected.at_s + 0.1)
     assert call.of(Interrupted) == []
     turn = only_turn(call)
@@ -167,9 +167,25 @@ async def test_a_noise_that_never_becomes_words_is_let_go() -> None:
     await call.run([(0.5, 1.5, 0), (2.4, 5.0, 1)], until_s=10.0)  # 2.6 s of "voice" ASR hears nothing
     rejected = [e for e in call.of(BargeIn) if e.phase == "rejected"]
     assert [e.reason for e in rejected] == ["nothing"]  # type: ignore[union-attr]
-    assert rejected[0].at_s == pytest.approx(2.4 + 0.3 + 0.15, abs=0.03)  # judged once, not again
+    assert rejected[0].at_s == pytest.approx(2.4 + 0.2 + 0.15, abs=0.03)  # released once, not again
     assert call.audible_between(3.5, 4.0)  # the agent went on while the noise lasted
     assert not only_turn(call).interrupted
+
+
+async def test_words_a_first_check_missed_still_interrupt_once_more_voice_is_heard() -> None:
+    # The first 0.2 s of voice transcribe to nothing (ASR missed a soft start): the agent is
+    # released, but the voice is checked again after 0.2 s more, and its words cut the agent off.
+    call = Call({0: "What dishes do you have?", 1: "", 2: "Wait, I have a question."}, [ANSWER, OTHER])
+    await call.run([(0.5, 1.5, 0), (3.0, 3.24, 1), (3.24, 4.0, 2)], until_s=9.0)
+    [rejected] = [e for e in call.of(BargeIn) if e.phase == "rejected"]
+    [interrupted] = call.of(Interrupted)
+    assert rejected.reason == "nothing"  # type: ignore[union-attr]
+    assert rejected.at_s == pytest.approx(3.0 + 0.2 + 0.15, abs=0.03)
+    assert interrupted.at_s == pytest.approx(3.0 + 0.4 + 0.15, abs=0.03)
+    assert call.audible_between(rejected.at_s + 0.02, interrupted.at_s - 0.02)  # talked on meanwhile
+    assert not call.audible_between(interrupted.at_s + 0.02, 4.0)
+    first, second = call.of(TurnCompleted)
+    assert first.interrupted and second.user_text == "Wait, I have a question."  # type: ignore[union-attr]
 
 
 async def test_words_over_the_agent_interrupt_it_once_transcribed() -> None:

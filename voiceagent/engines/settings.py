@@ -32,7 +32,10 @@ class ASRSettings(_Section):
     cache_dir: str = "~/.cache/voiceagent/models"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     compute_type: str = "int8"
-    cpu_threads: int = Field(2, ge=1)
+    # 1: on these 2 cores a second thread saved nothing idle (4.7 s of speech: 0.23 vs 0.25 s;
+    # 10.5 s: 0.58 vs 0.59 s) and cost 15 % with the other core busy, as it is in a call (LLM,
+    # TTS, the browser's audio and the event loop).
+    cpu_threads: int = Field(1, ge=1)
     language: str | None = Field("en", description="None detects the language per utterance")
     beam_size: int = Field(1, ge=1)
     initial_prompt: str | None = None
@@ -55,6 +58,10 @@ class PiperSettings(_Section):
     # ONNX Runtime's arena shrunk and malloc_trim after each sentence: RSS stays flat instead of
     # keeping the peak of the longest sentences spoken, for 15-30 % more synthesis time (piper.py).
     release_memory: bool = Field(True, description="give synthesis memory back after each sentence")
+    # Synthesis threads never spin while they wait (piper.py): a first clause took 0.21 s with
+    # one of 2 cores busy (0.50 s with both) with ONNX Runtime's spinning threads, 0.16 s (0.30 s)
+    # without, and the same 0.09-0.10 s on an idle machine.
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0: one per core")
     pool: PoolSettings = PoolSettings(workers=1, max_queue=32)
 
 

@@ -51,9 +51,14 @@ class Agent:
         return [self.system_message(), *self._recent(self.history)]
 
     def _recent(self, messages: list[ChatMessage]) -> list[ChatMessage]:
+        """The newest exchanges. Past ``history_turns`` the oldest half goes at once, not one
+        exchange a turn: an LLM server keeps the processed prompt (its KV cache) and reuses it as
+        far as the new prompt starts the same, so every change at the start of the history makes
+        it read the whole conversation again (3.6 s on turn 14 of bench conversation, against
+        0.2 s). Dropped in blocks, that happens once every ``history_turns / 2`` turns."""
         user_turns = [i for i, m in enumerate(messages) if m.role == "user"]
         if len(user_turns) > self.settings.history_turns:
-            return messages[user_turns[-self.settings.history_turns] :]
+            return messages[user_turns[-max(1, self.settings.history_turns // 2)] :]
         return messages
 
     async def reply(

@@ -55,9 +55,9 @@ from voiceagent.pipeline.frames import (
     TurnCompleted,
     UserTranscript,
 )
-from voiceagent.pipeline.interruptions import Suspicion, classify_overlap, words_of
+from voiceagent.pipeline.interruptions import Suspicion, classify_overlap
 from voiceagent.pipeline.playout import Playout
-from voiceagent.pipeline.replies import SpokenReply
+from voiceagent.pipeline.replies import SpokenReply, words_of
 from voiceagent.pipeline.settings import ConversationSettings
 from voiceagent.pipeline.speech import PromptQueue, SpeechHandle, SpeechOutcome, SpeechResult
 from voiceagent.pipeline.turns import end_of_turn_silence
@@ -645,23 +645,15 @@ class Conversation:
             self.playout.hold()
             self._emit(BargeIn(at_s=self.now(), index=turn.index, phase="suspected"))
             return
-        suspicion.frame(voiced, frame_s)
-        settings = self.settings
-        if suspicion.given_up:
-            if suspicion.quiet_s >= settings.barge_in_release_s:
-                self._suspicion = None  # quiet again: the next voice is judged afresh
-            return
-        if suspicion.check_due(settings.interrupt_min_speech_s):
+        step = suspicion.step(voiced, frame_s, self.settings)
+        if step == "check":
             suspicion.check = self._spawn(self._check_voice(turn, suspicion), name="barge-in-check")
-        if suspicion.held_s >= settings.barge_in_max_hold_s:  # (words found later still cut)
-            suspicion.given_up = True
+        elif step == "too_long":
             self._reject(turn, "too_long", keep=suspicion)
-        elif suspicion.check is None and suspicion.quiet_s >= settings.barge_in_release_s:
-            if suspicion.unsure and not suspicion.final:
-                suspicion.final = True
-                suspicion.check = self._spawn(self._check_voice(turn, suspicion), name="barge-in-check")
-            else:
-                self._reject(turn, suspicion.verdict or "short")
+        elif step == "release":
+            self._reject(turn, suspicion.verdict or "short")
+        elif step == "forget":
+            self._suspicion = None  # quiet again: the next voice is judged afresh
 
     async def _check_voice(self, turn: _Turn, suspicion: Suspicion) -> None:
         """Transcribe the voice over the agent: words interrupt, anything else does not."""
@@ -676,21 +668,13 @@ class Conversation:
             verdict, suspicion.final = "words", True
         if self._suspicion is not suspicion or self._replying is not turn:
             return  # judged meanwhile (the reply ended, or the call)
-        suspicion.check = None
-        suspicion.checked_voiced_s = covered_s
-        if verdict == "words" and not suspicion.final and len(words_of(text)) < 2:
-            suspicion.unsure = True  # judged again on the whole voice once the caller stops
-            return
-        if verdict == "words":
+        outcome = suspicion.judged(verdict, len(words_of(text)), covered_s)
+        if outcome == "interrupt":
             if self._caller_went_on(turn, suspicion):
                 self._reopen_turn(turn)
             else:
                 self._interrupt()
-            return
-        # Not words: the agent goes on at once, over the rest of this sound (talking over an
-        # "mm-hm" is what people do); the same sound is not judged again until a quiet spell.
-        if not suspicion.given_up:  # (else it was let go already, for holding too long)
-            suspicion.verdict, suspicion.given_up = verdict, True
+        elif outcome == "release" and verdict != "words":
             self._reject(turn, verdict, keep=suspicion)
 
     def _caller_went_on(self, turn: _Turn, suspicion: Suspicion) -> bool:

@@ -14,18 +14,19 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Literal
 
+from voiceagent.pipeline.replies import words_of
+from voiceagent.pipeline.settings import ConversationSettings
+
 NotWords = Literal["backchannel", "echo", "nothing"]
 Verdict = Literal["words"] | NotWords
+# What the conversation does after a frame of voice over the agent (see Suspicion.step), and
+# after a check of that voice (Suspicion.judged).
+Step = Literal["check", "release", "too_long", "forget"] | None
+Judgement = Literal["interrupt", "release"] | None
 
-_WORD = re.compile(r"[^\W\d_\u4e00-\u9fff]+(?:'[^\W\d_]+)?|\d+|[\u4e00-\u9fff]")
 # Hums ASR spells many ways ("mm-hmm", "mhm", "uh-huh", "hmmm", "um"): each part is a backchannel.
 _HUM = re.compile(r"(?:[mhn]+|u+[hm]+|h+u+h+|[ao]+h+)")
 ECHO_OVERLAP = 0.7  # share of the heard words that repeat what the agent said, in its order
-
-
-def words_of(text: str) -> list[str]:
-    """Lower-case words (each CJK character one word; "mm-hmm" two) without punctuation."""
-    return _WORD.findall(text.lower())
 
 
 def classify_overlap(text: str, agent_text: str, backchannels: tuple[str, ...]) -> Verdict:
@@ -53,33 +54,70 @@ def _echoed(heard: list[str], said: list[str]) -> float:
 
 @dataclass
 class Suspicion:
-    """Voice over the agent, from its onset until it is judged."""
+    """Voice over the agent, from its onset until it is judged and quiet again.
+
+    The agent's audio is held from the onset. Every ``interrupt_min_speech_s`` of new voice the
+    whole voice is transcribed again, so the first check can be early (a short hold over an
+    "mm-hm") without a real interruption depending on it: a first check that hears nothing
+    releases the agent, and the words a later check hears still cut it off.
+    """
 
     onset_s: float  # stream time the voice began
     voiced_s: float = 0.0  # voiced seconds since the onset
     quiet_s: float = 0.0  # silence since the last voiced frame
-    held_s: float = 0.0  # seconds the agent's audio has been held
+    since_onset_s: float = 0.0  # seconds since the hold began (the longest hold counts these)
     check: asyncio.Task[str] | None = None  # the transcript of the voice, being computed
     checked_voiced_s: float = 0.0  # voiced seconds the last finished check covered
-    given_up: bool = False  # held too long without words: released, ignored until quiet
-    verdict: NotWords | None = None  # what the last check heard, when it was not words
+    released: bool = False  # judged not words (or held too long): the agent speaks again
+    given_up: bool = False  # past the longest hold: nothing more is judged until a quiet spell
+    verdict: NotWords | None = None  # what the check that released the agent heard
     # One word from the first moment of voice ("oh", "I") is weak evidence: it is judged again on
-    # the whole voice once the caller stops, and only then interrupts (the agent stays held).
+    # the whole voice once the caller stops, and only then interrupts.
     unsure: bool = False
     final: bool = False  # the check on the whole voice is running or done
 
-    def frame(self, voiced: bool, frame_s: float) -> None:
-        self.held_s += frame_s
+    def step(self, voiced: bool, frame_s: float, settings: ConversationSettings) -> Step:
+        """Account one frame; say what to do: transcribe the voice ("check"), give the agent its
+        voice back ("release", "too_long"), or end the suspicion ("forget")."""
+        self.since_onset_s += frame_s
         if voiced:
             self.voiced_s += frame_s
             self.quiet_s = 0.0
         else:
             self.quiet_s += frame_s
+        quiet = self.quiet_s >= settings.barge_in_release_s
+        if self.given_up:
+            return "forget" if quiet else None
+        if self.since_onset_s >= settings.barge_in_max_hold_s:  # (a check in flight may still cut)
+            self.given_up = True
+            if self.released:
+                return None
+            self.released = True
+            return "too_long"
+        if self.check is not None:
+            return None
+        if quiet:
+            if self.unsure and not self.final:
+                self.final = True
+                return "check"
+            return "forget" if self.released else "release"
+        if self.voiced_s >= self.checked_voiced_s + settings.interrupt_min_speech_s:
+            return "check"
+        return None
 
-    def check_due(self, min_speech_s: float) -> bool:
-        """Enough new voice to be worth transcribing (again)."""
-        return (
-            self.check is None
-            and not self.given_up
-            and self.voiced_s >= max(min_speech_s, self.checked_voiced_s + min_speech_s)
-        )
+    def judged(self, verdict: Verdict, words: int, covered_s: float) -> Judgement:
+        """A check finished (it covered ``covered_s`` of voice): interrupt, release the agent, or
+        wait for more voice."""
+        self.check = None
+        self.checked_voiced_s = covered_s
+        if verdict == "words":
+            if not self.final and words < 2:
+                self.unsure = True  # judged again on the whole voice once the caller stops
+                return None
+            return "interrupt"
+        if self.released:
+            return None
+        # Not words: the agent goes on at once, over the rest of this sound (talking over an
+        # "mm-hm" is what people do); more voice is still judged.
+        self.verdict, self.released = verdict, True
+        return "release"

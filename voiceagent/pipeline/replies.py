@@ -76,7 +76,8 @@ def estimate_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
-def _words(text: str) -> list[str]:
+def words_of(text: str) -> list[str]:
+    """Lower-case words without punctuation: each CJK character one word, "I'm" one, "mm-hmm" two."""
     return [w.lower().replace("’", "'") for w in _WORD.findall(text)]
 
 
@@ -109,6 +110,7 @@ class SpokenReply:
         self.stop_reason: str | None = None
         self.unfinished = False
         self.spoken: list[str] = []  # every piece handed out, in order
+        self.opening_clause: str | None = None  # the first piece, when it was an opening clause
         self._chunker = SentenceChunker(first_clause_words=first_clause_words)
         self._text = ""  # all accepted stream text; the offsets below index it
         self._cursor = 0  # end of the last piece the chunker gave back
@@ -188,7 +190,7 @@ class SpokenReply:
             self._chunker_emitted = True
             last = final and index == len(pieces) - 1
             if self._completes(piece, end) or (last and not complete_only):  # the model ended here
-                words = _words(self._text[self._sentence_start : end])
+                words = words_of(self._text[self._sentence_start : end])
                 if self._repeats(words):
                     return out + self._stop("loop", self._sentence_start)
                 out += [*self._held, piece]
@@ -199,8 +201,9 @@ class SpokenReply:
                     if not last or loop is not None:  # else the reply simply ended at the limit
                         self._end("sentences")
                     return out
-            elif clause and piece.rstrip().endswith((",", "，")) and not self._doubles(_words(piece)):
+            elif clause and piece == self._chunker.clause and not self._doubles(words_of(piece)):
                 out.append(piece)  # the opening clause, spoken early
+                self.opening_clause = piece
                 self._released = end
             else:
                 self._held.append(piece)
@@ -299,7 +302,7 @@ class SpokenReply:
             pending.append(piece)
             if not self._completes(piece, end):
                 continue
-            words = _words(self._text[start:end])
+            words = words_of(self._text[start:end])
             if len(self._sentences) >= self.limits.max_sentences or self._repeats(words):
                 return out
             out += pending

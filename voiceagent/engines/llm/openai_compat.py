@@ -176,6 +176,7 @@ class OpenAICompatibleLLM(LLMEngine):
                     max_tokens=max_tokens,
                     temperature=temperature,
                     stream=True,
+                    extra_body=self.settings.extra_body or None,
                 )
             except openai.APIConnectionError as exc:
                 # A pooled connection the server closed while idle fails before any byte is

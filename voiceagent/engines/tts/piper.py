@@ -89,16 +89,21 @@ class _ShrinkingSession:
         return getattr(self._session, name)
 
 
-def load_voice(model: Path, config: Path, *, release_memory: bool) -> Any:
-    """What ``PiperVoice.load`` makes (CPU), with the session wrapped to release its memory."""
+def load_voice(model: Path, config: Path, *, release_memory: bool, threads: int = 0) -> Any:
+    """What ``PiperVoice.load`` makes (CPU), with the session wrapped to release its memory and
+    ``threads`` intra-op threads (0: one per core) that sleep rather than spin while they wait:
+    a spinning thread burns a core the LLM, ASR or the event loop needs on a shared machine."""
     import onnxruntime
     from piper import PiperVoice
     from piper.config import PiperConfig
 
     with config.open(encoding="utf-8") as f:
         voice_config = PiperConfig.from_dict(json.load(f))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session: Any = onnxruntime.InferenceSession(
-        str(model), sess_options=onnxruntime.SessionOptions(), providers=["CPUExecutionProvider"]
+        str(model), sess_options=options, providers=["CPUExecutionProvider"]
     )
     return PiperVoice(config=voice_config, session=_ShrinkingSession(session) if release_memory else session)
 
@@ -119,7 +124,9 @@ class PiperTTS(TTSEngine):
         model, config = voice_files(piper.voice)
         self._trim = _MALLOC_TRIM if piper.release_memory else None
         try:
-            self._voice: Any = load_voice(model, config, release_memory=piper.release_memory)
+            self._voice: Any = load_voice(
+                model, config, release_memory=piper.release_memory, threads=piper.threads
+            )
         except Exception as exc:  # onnxruntime and json raise many kinds for a corrupt voice
             raise ModelUnavailable(f"Piper voice {model} does not load: {exc}") from exc
         speakers = int(self._voice.config.num_speakers)

@@ -16,6 +16,13 @@ from voiceagent.engines.base import BadText
 
 # Longest piece handed to a voice in one call: first-audio latency grows with sentence length.
 MAX_SENTENCE_CHARS = 200
+# Where a first sentence may be split for an early start, as a speaker would pause: after a clause
+# mark (group 1), or before a dash or a conjunction that opens a clause (group 2). Not before
+# "and", "so" or "or": they join words as often as clauses ("salt and pepper", "so happy").
+_CLAUSE_BREAK = re.compile(
+    r"([,;:](?=\s)|[，；：、])|(\s+(?:[—–]|--)\s|\s+(?=(?:but|because|although|though|which|unless|whereas)\s))",
+    re.IGNORECASE,
+)
 
 _CODE_FENCE = re.compile(r"^[ \t]*(```|~~~)[^\n]*$", re.MULTILINE)
 _IMAGE_OR_LINK = re.compile(r"!?\[([^\]\n]*)\]\([^)\n]*\)")
@@ -209,11 +216,13 @@ class SentenceChunker:
     """
 
     def __init__(self, limit: int = MAX_SENTENCE_CHARS, first_clause_words: int | None = None) -> None:
-        """``first_clause_words``: before anything has been emitted, a clause of at least this many
-        words ending in a comma is emitted on its own, so speech starts before a long first
-        sentence is complete (the first sentence is the one the caller waits for)."""
+        """``first_clause_words``: before anything has been emitted, an opening clause of at least
+        this many words (up to a comma, semicolon or colon, or before a dash or "but", "because",
+        "which"...) is emitted on its own, so speech starts before a long first sentence is
+        complete (the first sentence is the one the caller waits for); ``clause`` is that piece."""
         self.limit = limit
         self.first_clause_words = first_clause_words
+        self.clause: str | None = None
         self._emitted = False
         self._buffer = ""
 
@@ -226,11 +235,16 @@ class SentenceChunker:
         return out
 
     def _first_clause(self) -> list[str]:
-        comma = max(self._buffer.rfind(", "), self._buffer.rfind("，"))
-        if comma < 0 or len(self._buffer[:comma].split()) < (self.first_clause_words or 0):
-            return []
-        piece, self._buffer = self._buffer[: comma + 1].strip(), self._buffer[comma + 1 :]
-        return [piece] if is_speakable(clean_text(piece)) else []
+        for match in _CLAUSE_BREAK.finditer(self._buffer):
+            cut = match.end() if match.group(1) else match.start()
+            if len(self._buffer[:cut].split()) < (self.first_clause_words or 0):
+                continue
+            piece, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:]
+            if not is_speakable(clean_text(piece)):
+                return []
+            self.clause = piece
+            return [piece]
+        return []
 
     def flush(self) -> list[str]:
         """The rest of the reply once the LLM has finished; the chunker is empty afterwards."""
