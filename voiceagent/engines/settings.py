@@ -32,9 +32,9 @@ class ASRSettings(_Section):
     cache_dir: str = "~/.cache/voiceagent/models"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     compute_type: str = "int8"
-    # 1: on these 2 cores a second thread saved nothing idle (4.7 s of speech: 0.23 vs 0.25 s;
-    # 10.5 s: 0.58 vs 0.59 s) and cost 15 % with the other core busy, as it is in a call (LLM,
-    # TTS, the browser's audio and the event loop).
+    # 1: on these 2 cores a second thread saved nothing idle (3.4 s of speech: 0.29 s either
+    # way, one process each) and cost 20 % with the other core busy (0.36 vs 0.30 s), as it is in
+    # a call (LLM, TTS, the browser's audio, the event loop).
     cpu_threads: int = Field(1, ge=1)
     language: str | None = Field("en", description="None detects the language per utterance")
     beam_size: int = Field(1, ge=1)
