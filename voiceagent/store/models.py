@@ -204,3 +204,21 @@ class Watermark(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class KnowledgeDocument(Base):
+    """One document of the knowledge base and where its ingestion stands: the version last asked
+    for, its state, why it failed, and how many chunks the index holds for it."""
+
+    __tablename__ = "knowledge_documents"
+    __table_args__ = (Index("ix_knowledge_documents_state", "state", "updated_at"),)
+
+    doc_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16))  # queued | indexed | failed | deleted
+    title: Mapped[str] = mapped_column(String(300), default="")
+    source: Mapped[str] = mapped_column(String(2000), default="")
+    chunks: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(String(300))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,105 @@
+"""``knowledge.changed`` events in, an up-to-date index out: read → parse → chunk → embed → index.
+
+The handler is what an ``EventConsumer`` on the knowledge topic runs (its ``concurrency`` bounds
+how many documents are ingested at once). Its answers to the consumer:
+- returns: done (indexed, deleted, or already indexed at that version: re-ingesting is a no-op);
+- raises ``EventUnusable``: the document can never be ingested as it is (unsupported, not text,
+  empty, too large, missing): its state is ``failed`` with the reason, the event goes to the
+  dead-letter topic with it, and the pipeline goes on;
+- raises anything else (the index or the embeddings are down): left for redelivery.
+
+The version is the event's checksum, or the content's SHA-256 when the event carries none, so the
+same content twice is indexed once whichever way it arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import NoReturn
+
+from voiceagent.engines.base import EmbeddingEngine
+from voiceagent.events.consumer import EventUnusable
+from voiceagent.events.envelope import KnowledgeChangedEvent
+from voiceagent.knowledge.chunking import ChunkingSettings, chunk_text
+from voiceagent.knowledge.documents import DocumentStates
+from voiceagent.knowledge.index import Chunk, KnowledgeIndex
+from voiceagent.knowledge.parsing import MAX_DOCUMENT_BYTES, DocumentRefused, parse_document
+
+log = logging.getLogger(__name__)
+
+SourceReader = Callable[[str], Awaitable[bytes]]
+
+
+class SourceMissing(LookupError):
+    """The event names a source that is not there (any more)."""
+
+
+async def read_file(source: str) -> bytes:
+    """The default reader: ``source`` is a path (or a file:// URL) on this machine."""
+    path = Path(source.removeprefix("file://"))
+    try:
+        return await asyncio.to_thread(path.read_bytes)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise SourceMissing(f"{source}: {exc.strerror or exc}") from None
+
+
+class Ingestor:
+    def __init__(
+        self,
+        index: KnowledgeIndex,
+        embeddings: EmbeddingEngine,
+        states: DocumentStates,
+        *,
+        read_source: SourceReader = read_file,
+        chunking: ChunkingSettings | None = None,
+        max_bytes: int = MAX_DOCUMENT_BYTES,
+    ) -> None:
+        self.index = index
+        self.embeddings = embeddings
+        self.states = states
+        self.read_source = read_source
+        self.chunking = chunking or ChunkingSettings()
+        self.max_bytes = max_bytes
+
+    async def handle(self, event: KnowledgeChangedEvent) -> None:
+        payload = event.payload
+        doc_id = payload.document_id
+        if payload.change == "deleted":
+            await self.index.delete_document(doc_id)
+            await self.states.deleted(doc_id, payload.checksum or "-")
+            log.info("knowledge: %s deleted", doc_id)
+            return
+        try:
+            data = await self.read_source(payload.source)
+        except SourceMissing as exc:
+            await self._refuse(doc_id, payload.checksum or "-", "missing", str(exc))
+        version = payload.checksum or hashlib.sha256(data).hexdigest()[:32]
+        current = await self.states.get(doc_id)
+        if current is not None and current.state == "indexed" and current.version == version:
+            log.info("knowledge: %s already indexed at %s", doc_id, version)
+            return
+        await self.states.queued(doc_id, version, payload.source)
+        try:
+            document = parse_document(data, filename=Path(payload.source).name, max_bytes=self.max_bytes)
+        except DocumentRefused as exc:
+            await self._refuse(doc_id, version, exc.reason, exc.detail)
+        pieces = chunk_text(document.text, self.chunking)
+        if not pieces:
+            await self._refuse(doc_id, version, "empty", "no sentence in it")
+        chunks = [
+            Chunk(doc_id=doc_id, version=version, ordinal=i, text=text, title=document.title)
+            for i, text in enumerate(pieces)
+        ]
+        vectors = await self.embeddings.embed_passages([chunk.text for chunk in chunks])
+        await self.index.replace_document(chunks, vectors)
+        await self.states.indexed(doc_id, version, len(chunks), document.title)
+        log.info("knowledge: %s indexed at %s, %d chunk(s)", doc_id, version, len(chunks))
+
+    async def _refuse(self, doc_id: str, version: str, reason: str, detail: str) -> NoReturn:
+        await self.states.failed(doc_id, version, reason, detail)
+        log.warning("knowledge: %s refused (%s: %s)", doc_id, reason, detail)
+        raise EventUnusable(reason, detail)
