@@ -8,13 +8,12 @@ tokenizes in Python), Chinese through the jieba analyzer, and hybrid search with
 fusion. Milvus Lite locks its folder: several nodes on one machine go through one
 ``milvus-lite server`` (or a Milvus server), never each open the file.
 
-pymilvus blocks, so every call runs on one worker thread (calls on the client are serialized).
+pymilvus blocks, so every call runs on the index's own worker thread, one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,8 +55,7 @@ class MilvusIndex(KnowledgeIndex):
         self._client = client
         self.settings = settings
         self.dimensions = dimensions
-        self._executor = executor
-        self._lock = threading.Lock()
+        self._executor = executor  # one thread: calls on the client never overlap
 
     @classmethod
     async def open(cls, settings: MilvusSettings, dimensions: int) -> MilvusIndex:
@@ -71,11 +69,7 @@ class MilvusIndex(KnowledgeIndex):
         return cls(client, settings, dimensions, executor)
 
     async def _run(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        def locked() -> T:
-            with self._lock:
-                return call(*args, **kwargs)
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, locked)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: call(*args, **kwargs))
 
     async def replace_document(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
         doc_id, version = check_document(chunks, vectors, self.dimensions)
