@@ -12,6 +12,7 @@ from bench import (
     events,
     foundation,
     intents,
+    knowledge,
     llm,
     memory,
     outreach,
@@ -36,6 +37,7 @@ SUITES = {
     "memory": memory.run,
     "call_memory": call_memory.run,
     "intents": intents.run,
+    "knowledge": knowledge.run,  # ~5 min: 5,000 chunks through e5 into Milvus Lite, then searches
     "outreach": outreach.run,
     "outreach_scale": outreach_scale.run,  # ~2.5 min: one analysis run over 100k users / 1M turns
     "soak": soak.run,  # 30 minutes (SOAK_MINUTES); last, so a long run does not hold up the rest

@@ -9,6 +9,11 @@ fusion. Milvus Lite locks its folder: several nodes on one machine go through on
 ``milvus-lite server`` (or a Milvus server), never each open the file.
 
 pymilvus blocks, so every call runs on the index's own worker thread, one at a time.
+
+Not flushed after each change, on purpose for now: BM25 statistics are per segment, and a segment
+per document made BM25 rank nonsense (the bus question found the opening hours). Unflushed rows
+are searched without an index, though: a hybrid search over 5,000 fresh chunks takes 0.53 s p50
+(`bench knowledge`; 22 ms over 5,000 flushed ones). Batching flushes with compaction is next.
 """
 
 from __future__ import annotations
