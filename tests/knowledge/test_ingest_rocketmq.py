@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +26,6 @@ from voiceagent.knowledge.milvus import MilvusIndex, MilvusSettings
 from voiceagent.store.database import Database
 
 pytestmark = [pytest.mark.rocketmq, pytest.mark.models, pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def e5() -> Iterator[E5Embeddings]:
-    engine = E5Embeddings(batch_size=8)
-    yield engine
-    engine.close()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import asyncio
 import shutil
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +33,6 @@ PARKING = "Getting here. Parking is free behind the building after six. The numb
 MENU_ZH = (
     "菜单。我们有三道素菜，最受欢迎的是麻婆豆腐。所有的面包都可以做成无麸质的。甜点有提拉米苏和意式奶冻。"
 )
-
-
-@pytest.fixture(scope="module")
-def e5() -> Iterator[E5Embeddings]:
-    engine = E5Embeddings(batch_size=8)
-    yield engine
-    engine.close()
 
 
 async def add(index: KnowledgeIndex, e5: E5Embeddings, doc_id: str, version: str, text: str) -> list[Chunk]:

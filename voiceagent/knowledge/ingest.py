@@ -27,7 +27,7 @@ from voiceagent.events.envelope import KnowledgeChangedEvent
 from voiceagent.knowledge.chunking import ChunkingSettings, chunk_text
 from voiceagent.knowledge.documents import DocumentStates
 from voiceagent.knowledge.index import Chunk, KnowledgeIndex
-from voiceagent.knowledge.parsing import MAX_DOCUMENT_BYTES, DocumentRefused, parse_document
+from voiceagent.knowledge.parsing import MAX_DOCUMENT_BYTES, DocumentRefused, ParsedDocument, parse_document
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,10 @@ class Ingestor:
             return
         await self.states.queued(doc_id, version, payload.source)
         try:
-            document = parse_document(data, filename=Path(payload.source).name, max_bytes=self.max_bytes)
+            # Parsing and chunking a document of megabytes is CPU work: off the event loop.
+            document, pieces = await asyncio.to_thread(self._prepare, data, Path(payload.source).name)
         except DocumentRefused as exc:
             await self._refuse(doc_id, version, exc.reason, exc.detail)
-        pieces = chunk_text(document.text, self.chunking)
         if not pieces:
             await self._refuse(doc_id, version, "empty", "no sentence in it")
         chunks = [
@@ -98,6 +98,10 @@ class Ingestor:
         await self.index.replace_document(chunks, vectors)
         await self.states.indexed(doc_id, version, len(chunks), document.title)
         log.info("knowledge: %s indexed at %s, %d chunk(s)", doc_id, version, len(chunks))
+
+    def _prepare(self, data: bytes, filename: str) -> tuple[ParsedDocument, list[str]]:
+        document = parse_document(data, filename=filename, max_bytes=self.max_bytes)
+        return document, chunk_text(document.text, self.chunking)
 
     async def _refuse(self, doc_id: str, version: str, reason: str, detail: str) -> NoReturn:
         await self.states.failed(doc_id, version, reason, detail)
