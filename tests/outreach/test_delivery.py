@@ -12,6 +12,7 @@ import pytest
 
 from tests.calls.caller import Caller, dial
 from tests.events.conftest import event_settings
+from tests.outreach.stages import assert_delivered_once
 from voiceagent.calls.session import CallManager
 from voiceagent.config import OutreachSettings
 from voiceagent.events import AskEvent, AskPayload, EventBus, GreetEvent, GreetPayload
@@ -86,7 +87,7 @@ async def test_a_greeting_is_spoken_in_the_users_call_and_acked_once_heard(
     assert (turn["agent_text"], turn["agent_text_heard"], turn["event_id"]) == (NEWS, NEWS, event.id)
     record = await status_of(node, event.id, Status.ACKED)
     stages = [s.stage for s in record.stages]
-    assert stages == ["decided", "published", "routed", "spoken", "heard", "acked"]
+    assert_delivered_once(stages)
     assert record.call_id == ann.call_id
     assert not [e for e in bob.events if e.get("kind") == "agent_text"]  # only Ann's call spoke
     # Ann answers; that is an ordinary turn of the same call.
