@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import FrameType
 
 from voiceagent import __version__
 from voiceagent.config import ConfigError, Settings, load_settings, settings_as_yaml
+from voiceagent.events.bus import MessageBus
 from voiceagent.runtime import Runtime, StartupError
 from voiceagent.store import Database, StoreUnavailable
 
@@ -100,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
         "run", parents=[common], help="run the scheduled jobs (intent analysis, check-ins) until stopped"
     )
     run.set_defaults(handler=_cmd_outreach_run)
+
+    ingest = commands.add_parser(
+        "ingest",
+        parents=[common],
+        help="run the knowledge ingestion workers and sources (folder, tables) until stopped",
+    )
+    ingest.set_defaults(handler=_cmd_ingest)
 
     broker = commands.add_parser("broker", help="a local Apache RocketMQ 5 for development and tests")
     broker_commands = broker.add_subparsers(title="broker commands", metavar="ACTION", required=True)
@@ -253,47 +262,36 @@ def _cmd_outreach_run(settings: Settings, _: argparse.Namespace) -> int:
     async def go() -> None:
         from voiceagent.engines.embeddings.e5 import E5Embeddings
         from voiceagent.events import EventBus
-        from voiceagent.events.factory import create_transport
         from voiceagent.outreach.intent_store import IntentStore, user_turns_after
         from voiceagent.outreach.ledger import OutreachLedger
         from voiceagent.outreach.process import analyzers_for, run_outreach_process
         from voiceagent.outreach.publisher import OutreachPublisher
         from voiceagent.outreach.registry import SessionRegistry
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        database = Database(settings.store)
-        transport = create_transport(settings.events)
         embeddings = None
-        try:
-            await database.ping()
-            if settings.store.migrate_on_start:
-                await database.migrate()
-            await transport.start()
-            if "embedding" in settings.outreach.analysis.backends:
-                embeddings = await asyncio.to_thread(E5Embeddings, settings.engines.embeddings)
-            publisher = OutreachPublisher(
-                EventBus(transport, settings.events),
-                OutreachLedger(database),
-                SessionRegistry(database, settings.outreach.stale_after_s),
-                f"scheduler@{settings.node_id}",
-            )
-            log.info("outreach scheduler running (node %s); Ctrl-C stops it", settings.node_id)
-            await run_outreach_process(
-                settings,
-                stop,
-                database=database,
-                publisher=publisher,
-                analyzers=analyzers_for(settings, embeddings),
-                intent_store=IntentStore(database),
-                read_turns=user_turns_after,
-            )
-        finally:
-            if embeddings is not None:
-                embeddings.close()
-            await transport.close()
-            await database.close()
+        async with _worker_services(settings, stop) as (database, transport):
+            try:
+                if "embedding" in settings.outreach.analysis.backends:
+                    embeddings = await asyncio.to_thread(E5Embeddings, settings.engines.embeddings)
+                publisher = OutreachPublisher(
+                    EventBus(transport, settings.events),
+                    OutreachLedger(database),
+                    SessionRegistry(database, settings.outreach.stale_after_s),
+                    f"scheduler@{settings.node_id}",
+                )
+                log.info("outreach scheduler running (node %s); Ctrl-C stops it", settings.node_id)
+                await run_outreach_process(
+                    settings,
+                    stop,
+                    database=database,
+                    publisher=publisher,
+                    analyzers=analyzers_for(settings, embeddings),
+                    intent_store=IntentStore(database),
+                    read_turns=user_turns_after,
+                )
+            finally:
+                if embeddings is not None:
+                    embeddings.close()
 
     try:
         asyncio.run(go())
@@ -301,6 +299,59 @@ def _cmd_outreach_run(settings: Settings, _: argparse.Namespace) -> int:
         print(f"voiceagent: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     log.info("outreach scheduler stopped")
+    return EXIT_OK
+
+
+@contextlib.asynccontextmanager
+async def _worker_services(
+    settings: Settings, stop: asyncio.Event
+) -> AsyncIterator[tuple[Database, MessageBus]]:
+    """The store (migrated) and the broker a worker process (no calls) runs on; SIGTERM and
+    Ctrl-C set ``stop``."""
+    from voiceagent.events.factory import create_transport
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    database = Database(settings.store)
+    transport = create_transport(settings.events)
+    try:
+        await database.ping()
+        if settings.store.migrate_on_start:
+            await database.migrate()
+        await transport.start()
+        yield database, transport
+    finally:
+        await transport.close()
+        await database.close()
+
+
+def _cmd_ingest(settings: Settings, _: argparse.Namespace) -> int:
+    if _refuse_inprocess(settings):
+        return EXIT_FAILURE
+    stop = asyncio.Event()
+
+    async def go() -> None:
+        from voiceagent.engines.embeddings.e5 import E5Embeddings
+        from voiceagent.events import EventBus
+        from voiceagent.knowledge.node import KnowledgeNode
+
+        async with _worker_services(settings, stop) as (database, transport):
+            node = KnowledgeNode(
+                settings.knowledge, bus=EventBus(transport, settings.events), database=database
+            )
+            embeddings = await asyncio.to_thread(E5Embeddings, settings.engines.embeddings)
+            try:
+                await node.start()
+                node.start_index(embeddings)
+                log.info("knowledge ingestion running (node %s); Ctrl-C stops it", settings.node_id)
+                await stop.wait()
+            finally:
+                await node.stop()
+                embeddings.close()
+
+    asyncio.run(go())
+    log.info("knowledge ingestion stopped")
     return EXIT_OK
 
 

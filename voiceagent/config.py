@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from voiceagent.engines.settings import EngineSettings
+from voiceagent.knowledge.settings import KnowledgeSettings
 from voiceagent.pipeline.settings import ConversationSettings
 from voiceagent.transport.settings import TransportSettings
 
@@ -176,6 +177,9 @@ class LLMSettings(_Section):
     # Added to every request body: a server's own sampling fields (vLLM's, llama.cpp's). OpenAI
     # itself refuses fields it does not know. The local server gets its repeat penalty this way.
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    # Over extra_body when the model answers from knowledge-base notes in its prompt: sampling
+    # that keeps it from repeating the prompt would keep it from the notes' words too.
+    grounded_extra_body: dict[str, Any] = Field(default_factory=dict)
     local: LocalLLMSettings = LocalLLMSettings()
 
 
@@ -251,6 +255,7 @@ class Settings(_Section):
     conversation: ConversationSettings = ConversationSettings()
     transport: TransportSettings = TransportSettings()
     outreach: OutreachSettings = OutreachSettings()
+    knowledge: KnowledgeSettings = KnowledgeSettings()
 
 
 Layer = tuple[str, Mapping[str, Any]]

@@ -19,6 +19,7 @@ from voiceagent.config import Settings
 from voiceagent.engines.registry import Engines
 from voiceagent.events import EventBus
 from voiceagent.events.factory import create_transport
+from voiceagent.knowledge.node import KnowledgeNode
 from voiceagent.observability.metrics import Metrics
 from voiceagent.observability.readiness import Readiness
 from voiceagent.outreach.node import OutreachNode
@@ -42,6 +43,7 @@ class Runtime:
         self.events = EventBus(create_transport(settings.events), settings.events)
         self.engines = Engines(settings, self.metrics)
         self._engines_loading: asyncio.Task[None] | None = None
+        self.knowledge = KnowledgeNode(settings.knowledge, bus=self.events, database=self.database)
         self.calls = CallManager(
             gateway=WebRTCGateway(settings.transport),
             engines=self.engines,
@@ -49,6 +51,7 @@ class Runtime:
             metrics=self.metrics,
             settings=settings.conversation,
             node_id=settings.node_id,
+            knowledge=self.knowledge.retriever if settings.knowledge.enabled else None,
         )
         self.outreach = OutreachNode(
             calls=self.calls,
@@ -68,6 +71,8 @@ class Runtime:
             self.readiness.add("llm", self._probe_llm)
         if settings.engines.preload:
             self.readiness.add("engines", self._probe_engines)
+            if settings.knowledge.enabled:
+                self.readiness.add("knowledge", self.knowledge.probe)
         self.started = False
 
     async def start(self) -> None:
@@ -85,6 +90,7 @@ class Runtime:
                         "run `voiceagent db upgrade` or set store.migrate_on_start"
                     )
             await self.outreach.start()
+            await self.knowledge.start()
         except StoreUnavailable as exc:
             await self.stop()
             raise StartupError(str(exc)) from exc
@@ -101,6 +107,8 @@ class Runtime:
 
     async def _load_engines(self) -> None:
         await self.engines.load()
+        if self.engines.embeddings is not None:
+            self.knowledge.start_index(self.engines.embeddings)
         _freeze_what_lives_forever()
         if self.settings.outreach.scheduler.enabled:
             await self._start_scheduler()
@@ -130,6 +138,7 @@ class Runtime:
             self.scheduler = None
         await self.calls.close_all()  # hang up first: calls use everything below
         await self.outreach.stop()
+        await self.knowledge.stop()
         if self._engines_loading is not None:
             # Loads run in worker threads and cannot be interrupted; let them land, then close.
             await asyncio.wait([self._engines_loading], timeout=30)

@@ -23,7 +23,7 @@ REPLY = "".join(REPLY_TOKENS)
 SENTENCES = ["Sure, here is an answer.", "That is all."]
 
 TRANSCRIPT = """() => [...document.querySelectorAll('#transcript li')].map(li => ({
-  who: li.firstChild.textContent, text: li.lastChild.textContent,
+  who: li.firstChild.textContent, text: li.querySelector('.said').textContent,
   interrupted: li.classList.contains('interrupted'), title: li.title}))"""
 
 

@@ -189,13 +189,18 @@ async def test_extra_body_fields_reach_the_server() -> None:
         writer.close()
 
     async with fake_server(answer) as url:
-        engine = OpenAICompatibleLLM(
-            LLMSettings(base_url=url, extra_body={"repeat_penalty": 1.2, "top_k": 20})
+        settings = LLMSettings(
+            base_url=url,
+            extra_body={"repeat_penalty": 1.2, "top_k": 20},
+            grounded_extra_body={"repeat_penalty": 1.0},
         )
+        engine = OpenAICompatibleLLM(settings)
         assert [d.text for d in await collect(engine.stream(user("hi"))) if d.text] == ["Hi."]
+        await collect(engine.stream(user("hi"), grounded=True))  # answering from notes
         await engine.aclose()
     assert bodies[0]["repeat_penalty"] == 1.2 and bodies[0]["top_k"] == 20
     assert bodies[0]["temperature"] == LLMSettings().temperature  # the standard fields are still there
+    assert (bodies[1]["repeat_penalty"], bodies[1]["top_k"]) == (1.0, 20)
 
 
 async def test_tool_calls_are_assembled_from_streamed_fragments() -> None:

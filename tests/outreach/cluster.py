@@ -68,6 +68,8 @@ def start_cluster(name: str, workdir: Path | None = None) -> Iterator[Cluster]:
         "VOICEAGENT_OUTREACH__STALE_AFTER_S": "6",
         "VOICEAGENT_OUTREACH__CLAIM_S": str(CLAIM_S),
         "VOICEAGENT_OUTREACH__INVISIBLE_S": str(INVISIBLE_S),
+        # Both nodes share a folder: Milvus Lite would let only one open the index there.
+        "VOICEAGENT_KNOWLEDGE__ENABLED": "false",
     }
     with TemporaryDirectory(prefix=f"{name}-") as tmp:
         where = workdir or Path(tmp)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from voiceagent.engines.base import ChatMessage
 from voiceagent.pipeline.agent import Agent
+from voiceagent.pipeline.knowledge import Consulted
 from voiceagent.pipeline.settings import ConversationSettings
-from voiceagent.testing.fakes import FakeLLM, ScriptedReply
+from voiceagent.testing.fakes import FakeKnowledge, FakeLLM, ScriptedReply
 
 
 async def _exchange(agent: Agent, question: str) -> list[ChatMessage]:
@@ -46,3 +47,26 @@ async def test_a_discarded_reply_leaves_no_request_in_memory() -> None:
     sent = await _exchange(agent, "the whole question")
     assert [m.content for m in sent if m.role == "user"] == ["the whole question"]
     assert [m.content for m in agent.history] == ["the whole question", "answer to the whole question"]
+
+
+async def test_notes_come_right_before_the_question_and_are_never_remembered() -> None:
+    replies = [ScriptedReply(tokens=["Sure."], first_token_s=0) for _ in range(2)]
+    notes = FakeKnowledge()
+    agent = Agent(FakeLLM(replies), ConversationSettings(), knowledge=notes)
+    consulted: list[Consulted] = []
+    async for _ in agent.reply("what is the wifi password", on_consulted=consulted.append):
+        pass
+    agent.commit_reply("It is banana.")
+    llm = agent.llm
+    assert isinstance(llm, FakeLLM)
+    sent = llm.requests[-1]
+    # After the conversation so far (which the LLM server has cached), before the question.
+    assert [(m.role, m.content) for m in sent[-2:]] == [
+        ("system", "Notes: the password is banana."),
+        ("user", "what is the wifi password"),
+    ]
+    assert [r.doc_id for r in consulted[0].references] == ["wifi.md"]
+    assert "banana" not in " ".join(m.content or "" for m in agent.history if m.role != "assistant")
+    sent = await _exchange(agent, "and the opening hours")
+    assert [m.role for m in sent] == ["system", "user", "assistant", "user"]  # nothing found: no notes
+    assert notes.asked == ["what is the wifi password", "and the opening hours"]

@@ -20,7 +20,7 @@ from voiceagent.pipeline.frames import (
     UserTranscript,
 )
 from voiceagent.pipeline.playout import Playout
-from voiceagent.testing.fakes import ScriptedReply
+from voiceagent.testing.fakes import FakeKnowledge, ScriptedReply
 
 pytestmark = pytest.mark.looptime
 
@@ -55,6 +55,21 @@ async def test_a_normal_turn_is_heard_answered_and_remembered() -> None:
         ("user", "What is the weather today?"),
         ("assistant", "It is sunny. Warm all day, around twenty degrees."),
     ]
+
+
+async def test_an_answer_from_knowledge_names_its_source_and_times_the_lookup() -> None:
+    knowledge = FakeKnowledge(delay_s=0.08)
+    call = Call({0: "What is the wifi password?"}, [WEATHER], knowledge=knowledge)
+    await call.run([(0.5, 1.5, 0)], until_s=8.0)
+
+    [turn] = call.of(TurnCompleted)
+    assert isinstance(turn, TurnCompleted)
+    assert [(s.doc_id, s.title) for s in turn.sources] == [("wifi.md", "Wi-Fi")]
+    assert "text" not in turn.model_dump()["sources"][0]  # the page gets where, not the passage
+    assert turn.metrics.retrieval_s == pytest.approx(0.08)
+    assert turn.metrics.llm_first_token_s == pytest.approx(0.1, abs=0.01)  # the LLM's own time
+    assert turn.metrics.voice_to_voice_s == pytest.approx(0.3 + 0.08 + 0.1 + 0.06 + 0.05, abs=0.03)
+    assert knowledge.asked == ["What is the wifi password?"]
 
 
 async def test_barge_in_stops_audio_at_once_cancels_the_reply_and_keeps_only_what_was_heard() -> None:

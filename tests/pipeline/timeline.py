@@ -16,6 +16,7 @@ from voiceagent.pipeline.frames import (
     StateChanged,
     TurnCompleted,
 )
+from voiceagent.pipeline.knowledge import KnowledgeLookup
 from voiceagent.pipeline.playout import Playout
 from voiceagent.pipeline.settings import ConversationSettings
 from voiceagent.testing.fakes import FakeASR, FakeLLM, FakeTTS, FakeVAD, ScriptedReply, frame
@@ -36,6 +37,7 @@ class Call:
     texts: dict[int, str]
     replies: list[ScriptedReply]
     tools: Sequence[AgentTool] = ()
+    knowledge: KnowledgeLookup | None = None
     settings: ConversationSettings = field(default_factory=ConversationSettings)
     events: list[ConversationEvent] = field(default_factory=list)
     sent: list[tuple[float, bool]] = field(default_factory=list)  # (time, audible) per outbound frame
@@ -52,7 +54,7 @@ class Call:
         self.asr = self.asr or FakeASR(self.texts)
         self.llm = FakeLLM(list(self.replies))
         self.playout = Playout(sample_rate=16_000)
-        self.agent = Agent(self.llm, self.settings, self.tools)
+        self.agent = Agent(self.llm, self.settings, self.tools, self.knowledge)
         self.conversation = Conversation(
             vad=self.vad, asr=self.asr, tts=self.tts, agent=self.agent, playout=self.playout,
             settings=self.settings, on_event=self._record, on_turn=self.on_turn,

@@ -13,6 +13,7 @@ from sqlalchemy import inspect
 from voiceagent.config import StoreSettings
 from voiceagent.store import CallEnded, Database, NewTurn, NotFound, Store, TurnMetrics
 from voiceagent.store.models import Base
+from voiceagent.store.records import Reference
 
 
 @pytest.fixture
@@ -188,3 +189,17 @@ async def test_a_turn_keeps_its_fault_initiator_and_event(store: Store) -> None:
         ("user", None, "llm: EngineTimeout: no token"),
     ]
     assert (prompt.initiator, failed.fault) == ("agent", "llm: EngineTimeout: no token")
+
+
+async def test_a_turn_keeps_the_sources_of_its_answer_and_the_lookup_time(store: Store) -> None:
+    await store.touch_user("ann")
+    call = await store.start_call("ann", node_id="rtc-1")
+    sources = [Reference(doc_id="wifi.md", title="Wi-Fi", ordinal=2, score=0.91, text="not stored")]
+    await store.add_turn(call.id, _turn(0, sources=sources, metrics=TurnMetrics(retrieval_s=0.04)))
+    await store.add_turn(call.id, _turn(5))
+    with_sources, without = (await store.get_call(call.id)).turns
+    assert [(s.doc_id, s.title, s.ordinal, s.score, s.text) for s in with_sources.sources] == [
+        ("wifi.md", "Wi-Fi", 2, 0.91, "")  # where the answer came from; the passage is in the index
+    ]
+    assert with_sources.metrics.retrieval_s == 0.04
+    assert (without.sources, without.metrics.retrieval_s) == ([], None)

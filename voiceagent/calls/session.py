@@ -33,13 +33,14 @@ from voiceagent.pipeline.frames import (
     ReplyDiscarded,
     TurnCompleted,
 )
+from voiceagent.pipeline.knowledge import KnowledgeLookup
 from voiceagent.pipeline.playout import Playout
 from voiceagent.pipeline.settings import ConversationSettings
-from voiceagent.store import NewTurn
+from voiceagent.store import NewTurn, TurnMetrics
 from voiceagent.transport.webrtc import HANGUP, CallTransport, WebRTCGateway
 
 log = logging.getLogger(__name__)
-STAGES = ("endpointing_s", "asr_s", "llm_first_token_s", "tts_first_audio_s", "voice_to_voice_s")
+STAGES = tuple(TurnMetrics.model_fields)
 RECENT_EVENTS = 200  # kept per call for inspection; older ones are only in the store and metrics
 TURN_WRITE_ATTEMPTS = 3  # a turn write is retried this often (backing off) before it is dropped
 TURN_WRITE_BACKOFF_S = 0.5
@@ -111,6 +112,7 @@ class CallSession:
         settings: ConversationSettings,
         node_id: str,
         listeners: tuple[CallListener, ...] = (),
+        knowledge: KnowledgeLookup | None = None,
     ) -> None:
         self.transport = transport
         self.playout = playout
@@ -125,7 +127,7 @@ class CallSession:
         self.stats = CallStats()
         self.recent_events: deque[ConversationEvent] = deque(maxlen=RECENT_EVENTS)
         self.recorded = False  # the call row exists: its turns can be stored
-        self.agent = Agent(engines.llm, settings)
+        self.agent = Agent(engines.llm, settings, knowledge=knowledge)
         self.conversation = Conversation(
             vad=engines.vad,
             asr=engines.asr,
@@ -241,6 +243,7 @@ class CallSession:
             fault=turn.fault,
             initiator=turn.initiator,
             event_id=turn.event_id,
+            sources=turn.sources,
         )
         for attempt in range(1, TURN_WRITE_ATTEMPTS + 1):
             try:
@@ -270,8 +273,10 @@ class CallManager:
         metrics: Metrics,
         settings: ConversationSettings,
         node_id: str,
+        knowledge: KnowledgeLookup | None = None,
     ) -> None:
         self.gateway = gateway
+        self.knowledge = knowledge  # what every call's agent may consult (None: no knowledge base)
         self.listeners: list[CallListener] = []
         self.engines = engines
         self.store = store
@@ -305,6 +310,7 @@ class CallManager:
                 settings=self.settings,
                 node_id=self.node_id,
                 listeners=tuple(self.listeners),
+                knowledge=self.knowledge,
             )
         except BaseException:
             await transport.close("setup-failed")  # the gateway's call must not outlive this

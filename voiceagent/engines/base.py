@@ -144,9 +144,11 @@ class LLMEngine(ABC):
         tools: Sequence[ToolSpec] = (),
         max_tokens: int | None = None,
         temperature: float | None = None,
+        grounded: bool = False,
     ) -> AsyncGenerator[LLMDelta, None]:
         """Deltas as the model produces them. Stopping iteration (or cancelling the task)
-        cancels the request upstream."""
+        cancels the request upstream. ``grounded``: the answer should repeat words from notes
+        in the prompt (sampling that discourages repeating the prompt is relaxed)."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook for engines holding clients
         """Release connections; the engine is not used afterwards."""

@@ -8,6 +8,7 @@ nothing is dropped silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -109,6 +110,25 @@ class EventBus:
         """Join ``group`` on the logical ``topics`` (e.g. ["outreach"]) with a tag filter."""
         consumer = await self.transport.consumer(group, {self.topic(t): tag_filter for t in topics})
         return EventSubscription(self, consumer, group)
+
+    async def subscribe_until_stopped(
+        self,
+        group: str,
+        topics: Sequence[str],
+        tag_filter: str,
+        stop: asyncio.Event,
+        retry_s: float = 2.0,
+    ) -> EventSubscription | None:
+        """:meth:`subscribe`, retried while the broker is down (a node runs without it, and its
+        consumers join once it is back); None once ``stop`` is set first."""
+        while not stop.is_set():
+            try:
+                return await self.subscribe(group, topics, tag_filter)
+            except BusError as exc:
+                log.warning("cannot subscribe %s yet: %s", group, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), retry_s)
+        return None
 
     async def dead_letter(self, message: ReceivedMessage, group: str, reason: str, detail: str) -> str:
         log.warning(

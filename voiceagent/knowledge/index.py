@@ -37,6 +37,9 @@ class Hit(BaseModel):
     text: str
     title: str
     score: float
+    # Cosine of the chunk's embedding to the question's: relevance on an absolute scale, which a
+    # fused score (ranks) is not. None when the engine cannot say.
+    similarity: float | None = None
 
 
 class KnowledgeIndex(ABC):

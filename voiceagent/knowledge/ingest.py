@@ -8,8 +8,14 @@ how many documents are ingested at once). Its answers to the consumer:
   dead-letter topic with it, and the pipeline goes on;
 - raises anything else (the index or the embeddings are down): left for redelivery.
 
-The version is the event's checksum, or the content's SHA-256 when the event carries none, so the
-same content twice is indexed once whichever way it arrived.
+Documents handed in by the sources (``store:<doc_id>``, see submissions.py) are read from the
+shared store, and what is ingested is the store's *current* version, not the event's: RocketMQ may
+deliver an older change after a newer one, and two nodes may ingest two changes of one document
+at once. After writing the index the store is checked again, and a document that changed
+meanwhile is ingested again, so the index converges on the newest version whatever the order.
+
+An event naming a file (someone else's publisher) is read from that path; its version is the
+event's checksum, or the content's SHA-256, so the same content twice is indexed once.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from voiceagent.knowledge.chunking import ChunkingSettings, chunk_text
 from voiceagent.knowledge.documents import DocumentStates
 from voiceagent.knowledge.index import Chunk, KnowledgeIndex
 from voiceagent.knowledge.parsing import MAX_DOCUMENT_BYTES, DocumentRefused, ParsedDocument, parse_document
+from voiceagent.knowledge.submissions import STORE_SOURCE, SourceDocuments
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,7 @@ class Ingestor:
         states: DocumentStates,
         *,
         read_source: SourceReader = read_file,
+        sources: SourceDocuments | None = None,
         chunking: ChunkingSettings | None = None,
         max_bytes: int = MAX_DOCUMENT_BYTES,
     ) -> None:
@@ -62,33 +70,70 @@ class Ingestor:
         self.embeddings = embeddings
         self.states = states
         self.read_source = read_source
+        self.sources = sources or SourceDocuments(states.database)
         self.chunking = chunking or ChunkingSettings()
         self.max_bytes = max_bytes
 
     async def handle(self, event: KnowledgeChangedEvent) -> None:
         payload = event.payload
+        if payload.source.startswith(STORE_SOURCE):
+            await self._sync_from_store(payload.document_id)
+            return
         doc_id = payload.document_id
         if payload.change == "deleted":
-            await self.index.delete_document(doc_id)
-            await self.states.deleted(doc_id, payload.checksum or "-")
-            log.info("knowledge: %s deleted", doc_id)
+            await self._delete(doc_id, payload.checksum or "-")
             return
         try:
             data = await self.read_source(payload.source)
         except SourceMissing as exc:
             await self._refuse(doc_id, payload.checksum or "-", "missing", str(exc))
         version = payload.checksum or hashlib.sha256(data).hexdigest()[:32]
+        if await self._indexed_at(doc_id, version):
+            return
+        await self._ingest(doc_id, version, data, payload.source, Path(payload.source).name)
+
+    async def _sync_from_store(self, doc_id: str) -> None:
+        """Make the index hold what the store holds for ``doc_id`` now (see the module's note)."""
+        first = True
+        while True:
+            current = await self.sources.get(doc_id)
+            if current is None:
+                await self._refuse(doc_id, "-", "missing", "no such document in the store")
+            if current.deleted or current.content is None:
+                await self._delete(doc_id, current.version)
+            elif first and await self._indexed_at(doc_id, current.version):
+                return
+            else:
+                source = f"{STORE_SOURCE}{doc_id}"
+                await self._ingest(doc_id, current.version, current.content, source, current.filename)
+            after = await self.sources.get(doc_id)
+            if after is None or (after.version, after.deleted) == (current.version, current.deleted):
+                return
+            log.info("knowledge: %s changed while it was ingested; again at %s", doc_id, after.version)
+            first = False
+
+    async def _indexed_at(self, doc_id: str, version: str) -> bool:
         current = await self.states.get(doc_id)
         if current is not None and current.state == "indexed" and current.version == version:
             log.info("knowledge: %s already indexed at %s", doc_id, version)
-            return
-        await self.states.queued(doc_id, version, payload.source)
+            return True
+        return False
+
+    async def _delete(self, doc_id: str, version: str) -> None:
+        await self.index.delete_document(doc_id)
+        await self.states.deleted(doc_id, version)
+        log.info("knowledge: %s deleted", doc_id)
+
+    async def _ingest(self, doc_id: str, version: str, data: bytes, source: str, filename: str) -> None:
+        await self.states.queued(doc_id, version, source)
         try:
             # Parsing and chunking a document of megabytes is CPU work: off the event loop.
-            document, pieces = await asyncio.to_thread(self._prepare, data, Path(payload.source).name)
+            document, pieces = await asyncio.to_thread(self._prepare, data, filename)
         except DocumentRefused as exc:
+            await self._replaced_by_nothing(doc_id)
             await self._refuse(doc_id, version, exc.reason, exc.detail)
         if not pieces:
+            await self._replaced_by_nothing(doc_id)
             await self._refuse(doc_id, version, "empty", "no sentence in it")
         chunks = [
             Chunk(doc_id=doc_id, version=version, ordinal=i, text=text, title=document.title)
@@ -98,6 +143,11 @@ class Ingestor:
         await self.index.replace_document(chunks, vectors)
         await self.states.indexed(doc_id, version, len(chunks), document.title)
         log.info("knowledge: %s indexed at %s, %d chunk(s)", doc_id, version, len(chunks))
+
+    async def _replaced_by_nothing(self, doc_id: str) -> None:
+        """A replacement that cannot be used still replaces: the owner withdrew the old text, and
+        answering from it would be answering from what they replaced."""
+        await self.index.delete_document(doc_id)
 
     def _prepare(self, data: bytes, filename: str) -> tuple[ParsedDocument, list[str]]:
         document = parse_document(data, filename=filename, max_bytes=self.max_bytes)

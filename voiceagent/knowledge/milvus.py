@@ -39,7 +39,7 @@ class MilvusSettings(BaseModel):
 
     # A path is Milvus Lite in that file (its folder is locked by the one process using it); an
     # http(s) URL is a Milvus server, or a `milvus-lite server` shared by the nodes on a machine.
-    uri: str = ".run/knowledge/milvus.db"
+    uri: str = ".data/knowledge/milvus.db"
     token: SecretStr | None = None
     collection: str = Field("knowledge", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
     # Chinese is cut into words by jieba; English words pass through it as words too.
@@ -130,10 +130,15 @@ class MilvusIndex(KnowledgeIndex):
             requests,
             ranker=RRFRanker(_RRF_K),
             limit=limit,
-            output_fields=["doc_id", "version", "ordinal", "title", "text"],
+            output_fields=["doc_id", "version", "ordinal", "title", "text", "dense"],
         )
+        query = vector.astype(np.float32)
         return [
-            Hit(**{k: hit["entity"][k] for k in Chunk.model_fields}, score=float(hit["distance"]))
+            Hit(
+                **{k: hit["entity"][k] for k in Chunk.model_fields},
+                score=float(hit["distance"]),
+                similarity=float(np.dot(np.asarray(hit["entity"]["dense"], dtype=np.float32), query)),
+            )
             for hit in found[0]
         ]
 

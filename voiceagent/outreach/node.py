@@ -20,7 +20,7 @@ from pydantic import TypeAdapter
 
 from voiceagent.calls.session import CallManager, CallSession
 from voiceagent.config import OutreachSettings
-from voiceagent.events import AskEvent, BusError, EventBus, EventConsumer, GreetEvent
+from voiceagent.events import AskEvent, EventBus, EventConsumer, GreetEvent
 from voiceagent.events.envelope import utcnow
 from voiceagent.outreach.delivery import ClaimedElsewhere, OutreachDelivery, PromptNotHeard
 from voiceagent.outreach.identity import CallerTrust, ClaimedIdentity
@@ -98,15 +98,10 @@ class OutreachNode:
     # -- the broker ------------------------------------------------------------------------------
 
     async def _consume(self, group: str, tag: str) -> None:
-        while not self._stop.is_set():  # a broker down at start: keep trying, the node runs anyway
-            try:
-                subscription = await self.bus.subscribe(group, ["outreach"], tag)
-                break
-            except BusError as exc:
-                log.warning("outreach: cannot subscribe %s yet: %s", group, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), SUBSCRIBE_RETRY_S)
-        else:
+        subscription = await self.bus.subscribe_until_stopped(
+            group, ["outreach"], tag, self._stop, SUBSCRIBE_RETRY_S
+        )
+        if subscription is None:
             return
         consumer = EventConsumer(
             subscription,

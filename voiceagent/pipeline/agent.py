@@ -5,6 +5,12 @@ heard, and a reply prepared while the caller might still go on (a preemptive rep
 trace until the conversation commits it. Tool calls act on the world, so a reply runs them only
 once it counts (`may_act`); they run shielded from barge-in, so a booking that started is never
 lost halfway and its result lands in memory even if the reply that asked for it was cut off.
+
+Knowledge, when there is a knowledge base, is looked up for every request and handed to the
+model as notes right before the request, never remembered: the conversation's prefix stays the
+same from turn to turn (the LLM server's cache keeps it), and memory holds only what was said.
+Looked up up front rather than offered as a tool: the local model cannot call tools, and a tool
+round costs a second LLM pass before the first word.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voiceagent.engines.base import ChatMessage, LLMEngine, ToolCall, ToolSpec
+from voiceagent.pipeline.knowledge import Consulted, KnowledgeLookup
 from voiceagent.pipeline.settings import ConversationSettings
 
 log = logging.getLogger(__name__)
@@ -33,9 +40,14 @@ class AgentTool:
 
 class Agent:
     def __init__(
-        self, llm: LLMEngine, settings: ConversationSettings, tools: Sequence[AgentTool] = ()
+        self,
+        llm: LLMEngine,
+        settings: ConversationSettings,
+        tools: Sequence[AgentTool] = (),
+        knowledge: KnowledgeLookup | None = None,
     ) -> None:
         self.llm = llm
+        self.knowledge = knowledge
         self.settings = settings
         self.tools = {tool.spec.name: tool for tool in tools}
         self.history: list[ChatMessage] = []
@@ -62,18 +74,30 @@ class Agent:
         return messages
 
     async def reply(
-        self, user_text: str, *, may_act: Callable[[], Awaitable[object]] | None = None
+        self,
+        user_text: str,
+        *,
+        may_act: Callable[[], Awaitable[object]] | None = None,
+        on_consulted: Callable[[Consulted], None] | None = None,
     ) -> AsyncGenerator[str, None]:
         """Stream the reply's text; tool rounds happen inside, each after ``may_act`` returns.
         The request joins the history when the caller commits what was heard, or when a tool
-        runs; `discard_reply` forgets it."""
+        runs; `discard_reply` forgets it. ``on_consulted`` hears what the knowledge base gave."""
         self._asked = ChatMessage(role="user", content=user_text)
+        notes: list[ChatMessage] = []
+        if self.knowledge is not None:
+            consulted = await self.knowledge.lookup(user_text)
+            if consulted.notes:
+                notes.append(ChatMessage(role="system", content=consulted.notes))
+            if on_consulted is not None:
+                on_consulted(consulted)
         specs = [tool.spec for tool in self.tools.values()]
         for _ in range(self.settings.max_tool_rounds + 1):
             calls: tuple[ToolCall, ...] = ()
             unsaid = [self._asked] if self._asked is not None else []
-            context = [*self.context(), *unsaid]
-            async with contextlib.aclosing(self.llm.stream(context, tools=specs)) as deltas:
+            context = [*self.context(), *notes, *unsaid]
+            stream = self.llm.stream(context, tools=specs, grounded=bool(notes))
+            async with contextlib.aclosing(stream) as deltas:
                 async for delta in deltas:
                     if delta.text:
                         yield delta.text

@@ -56,6 +56,7 @@ from voiceagent.pipeline.frames import (
     UserTranscript,
 )
 from voiceagent.pipeline.interruptions import Suspicion, classify_overlap
+from voiceagent.pipeline.knowledge import Consulted
 from voiceagent.pipeline.playout import Playout
 from voiceagent.pipeline.replies import SpokenReply, words_of
 from voiceagent.pipeline.settings import ConversationSettings
@@ -102,8 +103,12 @@ class _Turn:
         self.llm_deltas = 0
         self.tts_audio_s = 0.0
         self.acted = False  # a tool ran for it
+        self.consulted: Consulted | None = None  # what the knowledge base gave the reply
         self.spoken: list[str] = []
         self.fault: str | None = None  # the first contained failure of this turn
+
+    def took_notes(self, consulted: Consulted) -> None:
+        self.consulted = consulted
 
 
 class Conversation:
@@ -536,7 +541,9 @@ class Conversation:
         if turn.prompt is not None and turn.prompt.instructions is not None:
             deltas = self.agent.instructed(turn.prompt.instructions)
         else:
-            deltas = self.agent.reply(turn.text, may_act=lambda: self._may_act(turn))
+            deltas = self.agent.reply(
+                turn.text, may_act=lambda: self._may_act(turn), on_consulted=turn.took_notes
+            )
         try:
             async for delta in deltas:
                 turn.llm_deltas += 1
@@ -725,6 +732,7 @@ class Conversation:
             fault=turn.fault,
             initiator="user" if turn.prompt is None else "agent",
             event_id=turn.prompt.event_id if turn.prompt is not None else None,
+            sources=list(turn.consulted.references) if turn.consulted is not None else [],
         )
         if turn.prompt is not None:
             turn.prompt.settle(self._prompt_result(turn, heard=heard, interrupted=interrupted))
@@ -769,10 +777,12 @@ class Conversation:
             return None if start is None or end is None else max(0.0, end - start)
 
         reply_began = turn.prepared_s if turn.prepared_s is not None else turn.reply_started_s
+        retrieval_s = turn.consulted.seconds if turn.consulted is not None else None
         return TurnMetrics(
             endpointing_s=since(turn.speech_end_s, turn.reply_started_s or None),
             asr_s=turn.asr_s or None,
-            llm_first_token_s=since(reply_began, turn.first_token_s),
+            retrieval_s=retrieval_s,
+            llm_first_token_s=since(reply_began + (retrieval_s or 0.0), turn.first_token_s),
             tts_first_audio_s=since(turn.first_sentence_s, turn.first_chunk_s),
             voice_to_voice_s=since(turn.speech_end_s, turn.first_audio_s),
         )

@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
-from voiceagent.store.records import TurnMetrics
+from voiceagent.store.records import Reference, TurnMetrics
 
 
 class AgentState(StrEnum):
@@ -86,6 +86,7 @@ class TurnCompleted(_Event):
     fault: str | None = None  # "stage: what failed" when an engine or a bug cut this turn short
     initiator: Literal["user", "agent"] = "user"  # "agent": a prompt no user turn asked for
     event_id: str | None = None  # the outreach event a prompt came from
+    sources: list[Reference] = []  # the knowledge the answer was given, best first
 
 
 FaultStage = Literal["vad", "asr", "asr_partial", "llm", "tts", "reply", "turn_end", "background"]

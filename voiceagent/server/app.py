@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from voiceagent import __version__
+from voiceagent.knowledge.sources.api import knowledge_router
 from voiceagent.observability.metrics import CONTENT_TYPE
 from voiceagent.observability.readiness import ReadinessReport
 from voiceagent.outreach.api import outreach_router
@@ -43,6 +44,8 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
     app.middleware("http")(runtime.metrics.http_middleware)
     app.include_router(calls_router(runtime.calls, runtime.settings.transport.max_offer_bytes))
     app.include_router(outreach_router(runtime.outreach.publisher, runtime.outreach.ledger))
+    knowledge = runtime.knowledge
+    app.include_router(knowledge_router(knowledge.submitter, knowledge.states, knowledge.retriever))
     if WEB_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 

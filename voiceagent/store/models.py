@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -89,6 +90,9 @@ class Turn(Base):
     llm_first_token_s: Mapped[float | None] = mapped_column(Float)
     tts_first_audio_s: Mapped[float | None] = mapped_column(Float)
     voice_to_voice_s: Mapped[float | None] = mapped_column(Float)
+    retrieval_s: Mapped[float | None] = mapped_column(Float)
+    # The knowledge the answer was given: [{"doc_id", "title", "ordinal", "score"}], best first.
+    sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
     call: Mapped[Call] = relationship(back_populates="turns")
 
@@ -221,4 +225,33 @@ class KnowledgeDocument(Base):
     chunks: Mapped[int] = mapped_column(Integer, default=0)
     reason: Mapped[str | None] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(String(300))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class KnowledgeSource(Base):
+    """The latest submitted content of each document (API upload, watched folder, source-table
+    row): what its ``knowledge.changed`` event points at, so any node's ingestor can read it, and
+    the one place that says which version is current. An event for any other version is stale
+    (RocketMQ may deliver an older change after a newer one) and is skipped."""
+
+    __tablename__ = "knowledge_sources"
+
+    doc_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128))
+    filename: Mapped[str] = mapped_column(String(300), default="")
+    origin: Mapped[str] = mapped_column(String(2000), default="")  # api | folder:<path> | table:<name>
+    content: Mapped[bytes | None] = mapped_column(LargeBinary)  # None once deleted
+    deleted: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ChangeCursor(Base):
+    """How far a change-capture source has been read (e.g. the last change-table row
+    published), so a restart neither misses nor replays changes."""
+
+    __tablename__ = "knowledge_change_cursors"
+
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    position: Mapped[str] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(String(300))  # why the source cannot be read now, if it cannot
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

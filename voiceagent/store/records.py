@@ -28,11 +28,22 @@ class UserRecord(_Record):
     last_seen_at: UtcDatetime
 
 
+class Reference(_Record):
+    """One passage an answer was given, as shown under the answer and stored on the turn."""
+
+    doc_id: str
+    title: str = ""
+    ordinal: int = 0
+    score: float = Field(description="how close the passage is to the question (cosine, 0..1)")
+    text: str = Field("", exclude=True)  # what the model read; not repeated into events and records
+
+
 class TurnMetrics(_Record):
     """Seconds spent per stage of one turn; None when the stage did not run."""
 
     endpointing_s: float | None = Field(None, ge=0)
     asr_s: float | None = Field(None, ge=0)
+    retrieval_s: float | None = Field(None, ge=0)  # the knowledge lookup before the LLM
     llm_first_token_s: float | None = Field(None, ge=0)
     tts_first_audio_s: float | None = Field(None, ge=0)
     voice_to_voice_s: float | None = Field(None, ge=0)
@@ -51,6 +62,7 @@ class NewTurn(BaseModel):
     fault: str | None = Field(None, max_length=300)  # "stage: error" when a failure cut the turn short
     initiator: Literal["user", "agent"] = "user"  # "agent": a prompt the agent started itself
     event_id: str | None = Field(None, max_length=64)  # the outreach event behind a prompt
+    sources: list[Reference] = []  # the knowledge the answer was given, best first
 
 
 class TurnRecord(_Record):
@@ -67,6 +79,7 @@ class TurnRecord(_Record):
     fault: str | None = None
     initiator: Literal["user", "agent"] = "user"
     event_id: str | None = None
+    sources: list[Reference] = []
 
 
 class CallRecord(_Record):

@@ -12,7 +12,7 @@ from sqlalchemy.orm import selectinload
 
 from voiceagent.store.database import Database
 from voiceagent.store.models import Call, Turn, User, utcnow
-from voiceagent.store.records import CallRecord, NewTurn, TurnMetrics, TurnRecord, UserRecord
+from voiceagent.store.records import CallRecord, NewTurn, Reference, TurnMetrics, TurnRecord, UserRecord
 
 
 class NotFound(LookupError):
@@ -38,6 +38,7 @@ def _turn_record(turn: Turn) -> TurnRecord:
         fault=turn.fault,
         initiator=turn.initiator,
         event_id=turn.event_id,
+        sources=[Reference.model_validate(ref) for ref in turn.sources or ()],
     )
 
 
@@ -116,6 +117,7 @@ class Store:
                 fault=turn.fault,
                 initiator=turn.initiator,
                 event_id=turn.event_id,
+                sources=[ref.model_dump(mode="json") for ref in turn.sources] or None,
                 **turn.metrics.model_dump(),
             )
             session.add(row)

@@ -31,7 +31,9 @@ from voiceagent.engines.base import (
 )
 from voiceagent.engines.registry import CallEngines
 from voiceagent.events import AskEvent, GreetEvent
+from voiceagent.pipeline.knowledge import Consulted
 from voiceagent.store import NewTurn, StoreUnavailable
+from voiceagent.store.records import Reference
 
 if TYPE_CHECKING:
     from voiceagent.engines.registry import Engines
@@ -163,6 +165,7 @@ class ScriptedReply:
 class FakeLLM(LLMEngine):
     replies: list[ScriptedReply]
     requests: list[list[ChatMessage]] = field(default_factory=list)
+    grounded: list[bool] = field(default_factory=list)  # per request: answering from notes
     closed_early: int = 0  # streams the consumer stopped before the end (cancel/barge-in)
 
     async def stream(
@@ -172,8 +175,10 @@ class FakeLLM(LLMEngine):
         tools: Sequence[ToolSpec] = (),
         max_tokens: int | None = None,
         temperature: float | None = None,
+        grounded: bool = False,
     ) -> AsyncGenerator[LLMDelta, None]:
         self.requests.append(list(messages))
+        self.grounded.append(grounded)
         reply = self.replies.pop(0)
         finished = False
         try:
@@ -286,10 +291,14 @@ class EndlessLLM(FakeLLM):
         tools: Sequence[ToolSpec] = (),
         max_tokens: int | None = None,
         temperature: float | None = None,
+        grounded: bool = False,
     ) -> AsyncGenerator[LLMDelta, None]:
         self.replies.append(ScriptedReply(tokens=self.tokens))
         self.requests.clear()
-        return super().stream(messages, tools=tools, max_tokens=max_tokens, temperature=temperature)
+        self.grounded.clear()
+        return super().stream(
+            messages, tools=tools, max_tokens=max_tokens, temperature=temperature, grounded=grounded
+        )
 
 
 class LeanVAD(FakeVAD):
@@ -392,3 +401,21 @@ class FakePublisher:
             except ConnectionError as exc:
                 outcomes.append(exc)
         return outcomes
+
+
+class FakeKnowledge:
+    """A knowledge base that knows one thing (the Wi-Fi password, for questions naming "wifi"),
+    takes ``delay_s`` to say so, and records what it was asked."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.asked: list[str] = []
+
+    async def lookup(self, question: str) -> Consulted:
+        self.asked.append(question)
+        await asyncio.sleep(self.delay_s)
+        if "wifi" not in question.lower():
+            return Consulted(outcome="nothing", seconds=self.delay_s)
+        source = Reference(doc_id="wifi.md", title="Wi-Fi", score=0.9, text="The password is banana.")
+        notes = "Notes: the password is banana."
+        return Consulted(outcome="found", notes=notes, references=(source,), seconds=self.delay_s)

@@ -238,7 +238,11 @@ def local_engine(settings: LLMSettings, server: LocalLLMServer) -> OpenAICompati
 
     local = settings.local
     sampling = {"repeat_penalty": local.repeat_penalty, "repeat_last_n": local.context_tokens}
-    tuned = settings.model_copy(update={"extra_body": {**sampling, **settings.extra_body}})
+    # Answering from notes, the model must repeat the notes' words: no penalty then (measured by
+    # bench knowledge_answers: the penalty turned "bluefrog42" into "bluegill").
+    grounded = {"repeat_penalty": 1.0, **settings.grounded_extra_body}
+    update = {"extra_body": {**sampling, **settings.extra_body}, "grounded_extra_body": grounded}
+    tuned = settings.model_copy(update=update)
     return OpenAICompatibleLLM(tuned, base_url=server.base_url, keep_alive=False)
 
 

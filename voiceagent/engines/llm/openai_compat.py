@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx2
 import openai
@@ -89,6 +90,7 @@ class OpenAICompatibleLLM(LLMEngine):
         tools: Sequence[ToolSpec] = (),
         max_tokens: int | None = None,
         temperature: float | None = None,
+        grounded: bool = False,
     ) -> AsyncGenerator[LLMDelta, None]:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -105,6 +107,9 @@ class OpenAICompatibleLLM(LLMEngine):
                     [_tool_param(t) for t in tools],
                     max_tokens or self.settings.max_tokens,
                     self.settings.temperature if temperature is None else temperature,
+                    {**self.settings.extra_body, **self.settings.grounded_extra_body}
+                    if grounded
+                    else self.settings.extra_body,
                 )
             _check_event_stream(stream, self.base_url)
             while True:
@@ -166,6 +171,7 @@ class OpenAICompatibleLLM(LLMEngine):
         tools: list[ChatCompletionFunctionToolParam],
         max_tokens: int,
         temperature: float,
+        extra_body: dict[str, Any],
     ) -> openai.AsyncStream[ChatCompletionChunk]:
         for attempt in (1, 2):
             try:
@@ -176,7 +182,7 @@ class OpenAICompatibleLLM(LLMEngine):
                     max_tokens=max_tokens,
                     temperature=temperature,
                     stream=True,
-                    extra_body=self.settings.extra_body or None,
+                    extra_body=extra_body or None,
                 )
             except openai.APIConnectionError as exc:
                 # A pooled connection the server closed while idle fails before any byte is
