@@ -13,6 +13,7 @@ from bench import (
     foundation,
     intents,
     knowledge,
+    knowledge_answers,
     llm,
     memory,
     outreach,
@@ -37,6 +38,7 @@ SUITES = {
     "memory": memory.run,
     "call_memory": call_memory.run,
     "intents": intents.run,
+    "knowledge_answers": knowledge_answers.run,  # ~4 min: the shipped questions, 4 ways, local LLM
     "knowledge": knowledge.run,  # ~5 min: 5,000 chunks through e5 into Milvus Lite, then searches
     "outreach": outreach.run,
     "outreach_scale": outreach_scale.run,  # ~2.5 min: one analysis run over 100k users / 1M turns

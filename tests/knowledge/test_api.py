@@ -9,31 +9,22 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import require_service
-from tests.events.conftest import ROCKETMQ_ENV, event_settings
 from tests.events.test_contract import dead_letter_reader, drain
-from voiceagent.engines.embeddings.e5 import E5Embeddings
+from tests.knowledge.conftest import SETTLE_S, NodeFactory
 from voiceagent.events import EventBus
 from voiceagent.events.envelope import decode
 from voiceagent.events.eventbus import DLQ_REASON
-from voiceagent.events.factory import create_transport
-from voiceagent.knowledge.milvus import MilvusSettings
 from voiceagent.knowledge.node import KnowledgeNode
-from voiceagent.knowledge.settings import IngestSettings, KnowledgeSettings
 from voiceagent.knowledge.sources.api import knowledge_router
-from voiceagent.store.database import Database
 
 pytestmark = [pytest.mark.rocketmq, pytest.mark.models, pytest.mark.integration]
 MAX_BYTES = 64 * 1024
-# Deadlines for broker round trips and ingestion on a busy machine: only a lost event crosses them.
-SETTLE_S = 60.0
 
 
 class Node:
@@ -58,30 +49,12 @@ class Node:
 
 
 @pytest.fixture
-async def node(tmp_path: Path, sqlite_database: Database, e5: E5Embeddings) -> AsyncIterator[Node]:
-    events = event_settings("rocketmq", require_service("RocketMQ", ROCKETMQ_ENV))
-    transport = create_transport(events)
-    await transport.start()
-    bus = EventBus(transport, events)
-    settings = KnowledgeSettings(
-        milvus=MilvusSettings(uri=str(tmp_path / "milvus.db")),
-        max_document_bytes=MAX_BYTES,
-        ingest=IngestSettings(group=f"ingest-{uuid.uuid4().hex[:10]}", invisible_s=10.0),
-    )
-    knowledge = KnowledgeNode(settings, bus=bus, database=sqlite_database)
-    await knowledge.start()
-    knowledge.start_index(e5)
-    async with asyncio.timeout(SETTLE_S):  # the workers joined their group: publishing may start
-        while knowledge.consumer is None:
-            await asyncio.sleep(0.05)
+async def node(knowledge_node: NodeFactory) -> AsyncIterator[Node]:
+    knowledge = await knowledge_node(max_document_bytes=MAX_BYTES)
     app = FastAPI()
     app.include_router(knowledge_router(knowledge.submitter, knowledge.states, knowledge.retriever))
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://node") as http:
-            yield Node(knowledge, http, bus)
-    finally:
-        await knowledge.stop()
-        await transport.close()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://node") as http:
+        yield Node(knowledge, http, knowledge.bus)
 
 
 HOURS = "# Opening hours\n\nThe kitchen closes at 21:45 on weekdays. On Sundays there is no dinner service."
@@ -107,6 +80,10 @@ async def test_uploads_are_retrievable_in_english_and_chinese_then_replaced_and_
     [hit, *_] = await node.search("热石按摩多少钱？")
     assert hit["doc_id"] == "spa" and "六百八十元" in hit["text"]
 
+    again = await node.http.post("/api/knowledge/documents", json={"doc_id": "hours", "text": HOURS})
+    assert again.status_code == 202 and again.json()["unchanged"] is True  # a retried upload
+    clash = await node.http.post("/api/knowledge/documents", json={"doc_id": "hours", "text": HOURS_V2})
+    assert clash.status_code == 409 and "PUT" in clash.text  # a duplicate id is not a silent replace
     replaced = await node.http.put("/api/knowledge/documents/hours", json={"text": HOURS_V2})
     assert replaced.status_code == 202 and replaced.json()["change"] == "updated"
     version = replaced.json()["version"]

@@ -6,25 +6,14 @@ the question), and so is the LLM, which records what it was shown."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from tests.calls.caller import dial
-from tests.conftest import require_service
-from tests.events.conftest import ROCKETMQ_ENV, event_settings
+from tests.knowledge.conftest import NodeFactory, settled
 from tests.pipeline.timeline import words
 from voiceagent.calls.session import CallManager
-from voiceagent.engines.embeddings.e5 import E5Embeddings
 from voiceagent.engines.registry import CallEngines
-from voiceagent.events import EventBus
-from voiceagent.events.factory import create_transport
-from voiceagent.knowledge.milvus import MilvusSettings
 from voiceagent.knowledge.node import KnowledgeNode
-from voiceagent.knowledge.settings import IngestSettings, KnowledgeSettings
 from voiceagent.observability.metrics import Metrics
 from voiceagent.pipeline.settings import ConversationSettings
 from voiceagent.store import Store
@@ -34,31 +23,13 @@ from voiceagent.transport.settings import TransportSettings
 from voiceagent.transport.webrtc import WebRTCGateway
 
 pytestmark = [pytest.mark.rocketmq, pytest.mark.models, pytest.mark.integration]
-SETTLE_S = 60.0  # broker round trips and ingestion on a busy machine: only a lost event crosses it
 QUESTION = "What is the password for the guest wifi?"
 WIFI = "# Guest Wi-Fi\n\nThe guest Wi-Fi network is Harbour-Guest. Its password is bluefrog42."
 
 
 @pytest.fixture
-async def knowledge(
-    tmp_path: Path, sqlite_database: Database, e5: E5Embeddings
-) -> AsyncIterator[KnowledgeNode]:
-    events = event_settings("rocketmq", require_service("RocketMQ", ROCKETMQ_ENV))
-    transport = create_transport(events)
-    await transport.start()
-    settings = KnowledgeSettings(
-        milvus=MilvusSettings(uri=str(tmp_path / "milvus.db")),
-        ingest=IngestSettings(group=f"ingest-{uuid.uuid4().hex[:10]}", invisible_s=10.0),
-    )
-    node = KnowledgeNode(settings, bus=EventBus(transport, events), database=sqlite_database)
-    await node.start()
-    node.start_index(e5)
-    async with asyncio.timeout(SETTLE_S):
-        while node.consumer is None:
-            await asyncio.sleep(0.05)
-    yield node
-    await node.stop()
-    await transport.close()
+async def knowledge(knowledge_node: NodeFactory) -> KnowledgeNode:
+    return await knowledge_node()
 
 
 async def test_a_call_answers_from_a_document_ingested_during_it_and_names_the_source(
@@ -82,9 +53,7 @@ async def test_a_call_answers_from_a_document_ingested_during_it_and_names_the_s
         assert before["sources"] == [] and not llm.grounded[-1]  # nothing known yet: no notes
 
         await knowledge.submitter.submit("wifi", WIFI.encode(), filename="wifi.md", origin="api")
-        async with asyncio.timeout(SETTLE_S):
-            while (state := await knowledge.states.get("wifi")) is None or state.state != "indexed":
-                await asyncio.sleep(0.1)
+        await settled(knowledge, "wifi", "indexed")
 
         after = await caller.wait_event("turn", caller.ask())
         assert [(s["doc_id"], s["title"]) for s in after["sources"]] == [("wifi", "Guest Wi-Fi")]

@@ -13,8 +13,9 @@ import pytest
 
 from voiceagent.engines.embeddings.e5 import E5Embeddings
 from voiceagent.events import KnowledgeChangedEvent, PublishFailed
-from voiceagent.events.consumer import EventUnusable
+from voiceagent.events.consumer import EventUnusable, RetryLater
 from voiceagent.knowledge.documents import DocumentStates
+from voiceagent.knowledge.index import Chunk
 from voiceagent.knowledge.ingest import Ingestor
 from voiceagent.knowledge.milvus import MilvusIndex, MilvusSettings
 from voiceagent.knowledge.parsing import DocumentRefused
@@ -127,7 +128,7 @@ class SlowFirstEmbeddings(E5Embeddings):
         return await super().embed_passages(texts)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def slow_e5() -> Iterator[SlowFirstEmbeddings]:
     engine = SlowFirstEmbeddings(batch_size=8)
     yield engine
@@ -212,3 +213,35 @@ async def test_content_already_indexed_is_not_published_again(
     assert (again.unchanged, again.event_id, len(published.events)) == (True, None, 1)
     state = await submitter.states.get("faq.md")
     assert state is not None and state.state == "indexed"  # not queued again for nothing
+
+
+class DownIndex(MilvusIndex):
+    """The real index, whose server is down while ``down`` is set."""
+
+    down = False
+
+    async def replace_document(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        if self.down:
+            raise ConnectionError("Milvus at http://127.0.0.1:19530 refused the connection")
+        await super().replace_document(chunks, vectors)
+
+
+@pytest.mark.models
+async def test_an_index_that_is_down_leaves_a_failed_state_and_the_change_for_redelivery(
+    tmp_path: Path, submitter: DocumentSubmitter, published: Recorder, slow_e5: SlowFirstEmbeddings
+) -> None:
+    index = await DownIndex.open(MilvusSettings(uri=str(tmp_path / "down.db")), slow_e5.dimensions)
+    try:
+        ingestor = ingestor_for(submitter, index, slow_e5)
+        await submitter.submit("hours.md", b"We open at nine.", filename="hours.md", origin="api")
+        index.down = True
+        with pytest.raises(RetryLater):  # left unacked: the broker brings it back
+            await ingestor.handle(published.events[-1])
+        state = await submitter.states.get("hours.md")
+        assert state is not None and (state.state, state.reason) == ("failed", "index_unavailable")
+        assert state.detail is not None and "refused the connection" in state.detail
+        index.down = False
+        await ingestor.handle(published.events[-1])  # the redelivery, once the server is back
+        assert await texts(index, "hours.md") == ["We open at nine."]
+    finally:
+        await index.close()

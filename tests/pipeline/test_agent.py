@@ -70,3 +70,18 @@ async def test_notes_come_right_before_the_question_and_are_never_remembered() -
     sent = await _exchange(agent, "and the opening hours")
     assert [m.role for m in sent] == ["system", "user", "assistant", "user"]  # nothing found: no notes
     assert notes.asked == ["what is the wifi password", "and the opening hours"]
+
+
+async def test_notes_may_go_inside_the_question_and_memory_keeps_the_question_alone() -> None:
+    settings = ConversationSettings(notes_placement="question")
+    agent = Agent(
+        FakeLLM([ScriptedReply(tokens=["Banana."], first_token_s=0)]), settings, knowledge=FakeKnowledge()
+    )
+    sent = await _exchange(agent, "what is the wifi password")
+    assert sent[-1].role == "user" and sent[-1].content == (
+        "Notes: the password is banana.\n\nQuestion: what is the wifi password"
+    )
+    assert [m.content for m in agent.history] == [
+        "what is the wifi password",
+        "answer to what is the wifi password",
+    ]

@@ -76,11 +76,7 @@ class DocumentStates:
         await self._set(doc_id, version=version, state="deleted", chunks=0, reason=None, detail=None)
 
     async def _set(self, doc_id: str, **values: object) -> None:
-        async with self.database.sessions.begin() as session:
-            row = await session.get(KnowledgeDocument, doc_id, with_for_update=True)
-            if row is None:
-                row = KnowledgeDocument(doc_id=doc_id, title="", source="", chunks=0)
-                session.add(row)
-            for name, value in values.items():
-                setattr(row, name, value)
-            row.updated_at = self.clock()
+        def new() -> KnowledgeDocument:
+            return KnowledgeDocument(doc_id=doc_id, title="", source="", chunks=0)
+
+        await self.database.set_row(KnowledgeDocument, doc_id, new, **values, updated_at=self.clock())

@@ -6,7 +6,9 @@ how many documents are ingested at once). Its answers to the consumer:
 - raises ``EventUnusable``: the document can never be ingested as it is (unsupported, not text,
   empty, too large, missing): its state is ``failed`` with the reason, the event goes to the
   dead-letter topic with it, and the pipeline goes on;
-- raises anything else (the index or the embeddings are down): left for redelivery.
+- raises ``RetryLater`` (the index or the embeddings failed): the state is ``failed`` with
+  ``index_unavailable`` / ``embeddings_failed`` until a redelivery succeeds; after the consumer's
+  ``max_attempts`` the event is dead-lettered (the document stays as it was in the index).
 
 Documents handed in by the sources (``store:<doc_id>``, see submissions.py) are read from the
 shared store, and what is ingested is the store's *current* version, not the event's: RocketMQ may
@@ -21,14 +23,15 @@ event's checksum, or the content's SHA-256, so the same content twice is indexed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import NoReturn
 
 from voiceagent.engines.base import EmbeddingEngine
-from voiceagent.events.consumer import EventUnusable
+from voiceagent.events.consumer import EventUnusable, RetryLater
 from voiceagent.events.envelope import KnowledgeChangedEvent
 from voiceagent.knowledge.chunking import ChunkingSettings, chunk_text
 from voiceagent.knowledge.documents import DocumentStates
@@ -119,8 +122,19 @@ class Ingestor:
             return True
         return False
 
+    @contextlib.asynccontextmanager
+    async def _failing_as(self, doc_id: str, version: str, reason: str) -> AsyncIterator[None]:
+        """An engine's failure: stored as the document's state, and the event left for later."""
+        try:
+            yield
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            await self.states.failed(doc_id, version, reason, detail)
+            raise RetryLater(f"{doc_id}: {reason}: {detail}") from exc
+
     async def _delete(self, doc_id: str, version: str) -> None:
-        await self.index.delete_document(doc_id)
+        async with self._failing_as(doc_id, version, "index_unavailable"):
+            await self.index.delete_document(doc_id)
         await self.states.deleted(doc_id, version)
         log.info("knowledge: %s deleted", doc_id)
 
@@ -130,24 +144,27 @@ class Ingestor:
             # Parsing and chunking a document of megabytes is CPU work: off the event loop.
             document, pieces = await asyncio.to_thread(self._prepare, data, filename)
         except DocumentRefused as exc:
-            await self._replaced_by_nothing(doc_id)
+            await self._replaced_by_nothing(doc_id, version)
             await self._refuse(doc_id, version, exc.reason, exc.detail)
         if not pieces:
-            await self._replaced_by_nothing(doc_id)
+            await self._replaced_by_nothing(doc_id, version)
             await self._refuse(doc_id, version, "empty", "no sentence in it")
         chunks = [
             Chunk(doc_id=doc_id, version=version, ordinal=i, text=text, title=document.title)
             for i, text in enumerate(pieces)
         ]
-        vectors = await self.embeddings.embed_passages([chunk.text for chunk in chunks])
-        await self.index.replace_document(chunks, vectors)
+        async with self._failing_as(doc_id, version, "embeddings_failed"):
+            vectors = await self.embeddings.embed_passages([chunk.text for chunk in chunks])
+        async with self._failing_as(doc_id, version, "index_unavailable"):
+            await self.index.replace_document(chunks, vectors)
         await self.states.indexed(doc_id, version, len(chunks), document.title)
         log.info("knowledge: %s indexed at %s, %d chunk(s)", doc_id, version, len(chunks))
 
-    async def _replaced_by_nothing(self, doc_id: str) -> None:
+    async def _replaced_by_nothing(self, doc_id: str, version: str) -> None:
         """A replacement that cannot be used still replaces: the owner withdrew the old text, and
         answering from it would be answering from what they replaced."""
-        await self.index.delete_document(doc_id)
+        async with self._failing_as(doc_id, version, "index_unavailable"):
+            await self.index.delete_document(doc_id)
 
     def _prepare(self, data: bytes, filename: str) -> tuple[ParsedDocument, list[str]]:
         document = parse_document(data, filename=filename, max_bytes=self.max_bytes)

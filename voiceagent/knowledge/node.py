@@ -99,7 +99,10 @@ class KnowledgeNode:
 
     async def _ingest(self, index: KnowledgeIndex, embeddings: EmbeddingEngine) -> None:
         ingest = self.settings.ingest
-        subscription = await self.bus.subscribe_until_stopped(ingest.group, ["knowledge"], "*", self._stop)
+        # The bus tags each event with its type: other tags on the topic are someone else's.
+        subscription = await self.bus.subscribe_until_stopped(
+            ingest.group, ["knowledge"], "knowledge.changed", self._stop
+        )
         if subscription is None:
             return
         ingestor = Ingestor(

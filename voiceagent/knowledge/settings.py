@@ -65,9 +65,22 @@ class RetrievalSettings(_Section):
     """What the agent is told before it answers: the best chunks for the caller's words."""
 
     enabled: bool = True
-    top_k: int = Field(3, ge=1, le=20)  # chunks handed to the LLM (and shown as sources)
-    min_similarity: float = Field(0.8, ge=0, le=1)  # e5 cosine below this: not about the question
-    max_context_chars: int = Field(1500, ge=100)  # a tiny model loses the question in a long context
+    # Passages handed to the LLM (and shown as sources). One, for the embedded model: it answered
+    # as often right from one as from three (bench knowledge_answers), and every passage is read
+    # before the first word (~1.2 s for three on a busy core). More for a larger model.
+    top_k: int = Field(1, ge=1, le=20)
+    # Whether the base knows the answer: the best passage must stand out from the next ones (its
+    # e5 cosine this much above their mean, over `contrast_pool` passages) and clear a floor. e5
+    # rates everything alike (0.75-0.87 for "tell me a joke"), so no floor alone separates them.
+    min_margin: float = Field(0.025, ge=0, le=1)
+    contrast_pool: int = Field(10, ge=2, le=50)
+    min_similarity: float = Field(0.75, ge=0, le=1)
+    # With under 4 passages to contrast (a new, tiny base) the best must be this close instead:
+    # questions a passage answers scored 0.90-0.92 against it, small talk 0.76-0.80.
+    min_similarity_alone: float = Field(0.84, ge=0, le=1)
+    # Notes are read before the first word: ~1,000 English characters, or 250 Chinese ones (the
+    # local model reads Chinese byte by byte: 1,500 characters of it took over 10 s on one core).
+    max_notes_tokens: int = Field(250, ge=20)
     timeout_s: float = Field(1.0, gt=0)  # slower than this: answer without knowledge rather than late
     instructions: str = (
         "Answer from these notes when they cover the question; do not make up facts they do not "

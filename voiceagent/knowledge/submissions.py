@@ -102,14 +102,10 @@ class SourceDocuments:
             return before
 
     async def _set(self, doc_id: str, **values: object) -> None:
-        async with self.database.sessions.begin() as session:
-            row = await session.get(KnowledgeSource, doc_id, with_for_update=True)
-            if row is None:
-                row = KnowledgeSource(doc_id=doc_id)
-                session.add(row)
-            for name, value in values.items():
-                setattr(row, name, value)
-            row.updated_at = self.clock()
+        def new() -> KnowledgeSource:
+            return KnowledgeSource(doc_id=doc_id)
+
+        await self.database.set_row(KnowledgeSource, doc_id, new, **values, updated_at=self.clock())
 
 
 class Submitted(BaseModel):

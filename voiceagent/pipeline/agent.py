@@ -84,18 +84,17 @@ class Agent:
         The request joins the history when the caller commits what was heard, or when a tool
         runs; `discard_reply` forgets it. ``on_consulted`` hears what the knowledge base gave."""
         self._asked = ChatMessage(role="user", content=user_text)
-        notes: list[ChatMessage] = []
+        notes = ""
         if self.knowledge is not None:
             consulted = await self.knowledge.lookup(user_text)
-            if consulted.notes:
-                notes.append(ChatMessage(role="system", content=consulted.notes))
+            notes = consulted.notes
             if on_consulted is not None:
                 on_consulted(consulted)
         specs = [tool.spec for tool in self.tools.values()]
         for _ in range(self.settings.max_tool_rounds + 1):
             calls: tuple[ToolCall, ...] = ()
             unsaid = [self._asked] if self._asked is not None else []
-            context = [*self.context(), *notes, *unsaid]
+            context = [*self.context(), *self._with_notes(unsaid, notes)]
             stream = self.llm.stream(context, tools=specs, grounded=bool(notes))
             async with contextlib.aclosing(stream) as deltas:
                 async for delta in deltas:
@@ -110,6 +109,15 @@ class Agent:
             self._remember_request()
             self.history.append(ChatMessage(role="assistant", tool_calls=calls))
             await self._run_tools(calls)
+
+    def _with_notes(self, unsaid: list[ChatMessage], notes: str) -> list[ChatMessage]:
+        """The request not yet in memory, with the notes for it (shown, never remembered)."""
+        if not notes:
+            return unsaid
+        if self.settings.notes_placement == "system" or not unsaid:
+            return [ChatMessage(role="system", content=notes), *unsaid]
+        [asked] = unsaid
+        return [asked.model_copy(update={"content": f"{notes}\n\nQuestion: {asked.content}"})]
 
     def _remember_request(self) -> None:
         if self._asked is not None:

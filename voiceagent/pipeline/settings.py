@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from voiceagent.pipeline.replies import ReplyLimits
@@ -67,6 +69,9 @@ class ConversationSettings(BaseModel):
     # waits for the first audio, not for the first full stop (whose TTS alone took 0.5-0.65 s).
     first_clause_words: int | None = Field(4, ge=1)
     max_tool_rounds: int = Field(3, ge=0)
+    # Where knowledge-base notes go: "system", a message of their own right before the question;
+    # "question", inside the question's message (bench knowledge_answers compares them).
+    notes_placement: Literal["system", "question"] = "system"
     # Said when a fault leaves a turn with nothing said yet (no transcript, no LLM text, no audio).
     fallback_line: str = "Sorry, I lost my train of thought. Could you say that again?"
     # Said instead of an unfinished sentence when the LLM fails after the reply began.

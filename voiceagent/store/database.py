@@ -54,6 +54,17 @@ class Database:
     def dialect(self) -> str:
         return self.url.get_backend_name()
 
+    async def set_row(self, model: type[Any], key: object, new: Callable[[], Any], **values: object) -> None:
+        """Set ``values`` on ``model``'s row ``key`` (locked for the change), made by ``new()``
+        first if there is none: one short transaction, the same on SQLite and PostgreSQL."""
+        async with self.sessions.begin() as session:
+            row = await session.get(model, key, with_for_update=True)
+            if row is None:
+                row = new()
+                session.add(row)
+            for name, value in values.items():
+                setattr(row, name, value)
+
     def _create_engine(self) -> AsyncEngine:
         timeout = self.settings.connect_timeout_s
         if self.dialect == "sqlite":

@@ -19,7 +19,7 @@ from voiceagent.events import PublishFailed
 from voiceagent.knowledge.documents import DocumentState, DocumentStateName, DocumentStates
 from voiceagent.knowledge.parsing import DocumentRefused
 from voiceagent.knowledge.retrieval import Retriever
-from voiceagent.knowledge.submissions import DocumentSubmitter, Submitted
+from voiceagent.knowledge.submissions import DocumentSubmitter, Submitted, version_of
 from voiceagent.pipeline.knowledge import LookupOutcome
 from voiceagent.server.errors import describe_validation_error
 
@@ -52,6 +52,7 @@ def knowledge_router(submitter: DocumentSubmitter, states: DocumentStates, retri
     max_bytes = submitter.max_bytes
     refusals = {
         400: {"description": "no document in the body, or a bad field"},
+        409: {"description": "POST of an id that exists with other content (PUT replaces)"},
         413: {"description": "the document is over knowledge.max_document_bytes (state: failed, too_large)"},
         503: {
             "description": "the broker is unreachable: kept, not published (state: failed, publish_failed)"
@@ -104,7 +105,11 @@ def knowledge_router(submitter: DocumentSubmitter, states: DocumentStates, retri
         responses=refusals,  # type: ignore[arg-type]
     )
     async def add(request: Request) -> Submitted:
-        return await submit(*await read_upload(request, None))
+        doc_id, content, filename = await read_upload(request, None)
+        current = await submitter.sources.get(doc_id)
+        if current is not None and not current.deleted and current.version != version_of(content):
+            raise HTTPException(409, f"document {doc_id!r} exists with other content: PUT replaces it")
+        return await submit(doc_id, content, filename)
 
     @router.put(
         "/api/knowledge/documents/{doc_id:path}",

@@ -38,9 +38,9 @@ first and the rows after, in pages by key, so a change made meanwhile is in the 
 position: never lost, at worst handled twice. Before it starts the stored cursor is cleared, so a
 load cut short by a crash is done again. Rows already indexed as they are cost two store reads.
 
-Unchanged content is not submitted again once the ingestor shows it: ``DocumentSubmitter.submit``
-re-queues a document even when its content is the same, and the ingestor then embeds it again, so
-a counter column updated every second would re-embed its row every second.
+Unchanged content is not submitted again once the ingestor shows it, indexed or failed (the
+submitter itself skips only what is indexed): a counter column updated every second must not
+re-embed its row, or re-publish a row that can never be ingested, every second.
 
 Failures (the table dropped, a column renamed, the source unreachable, the store or the bus down)
 are logged, stored as the cursor's ``error`` and the poll returns; the next poll checks the capture
@@ -697,16 +697,15 @@ class TableSource:
 
     async def _store(self, position: str | None, *, error: str | None) -> None:
         """Upsert the cursor row: its position (None: kept as it is) and its error."""
-        async with self.cursors_db.sessions.begin() as session:
-            row = await session.get(ChangeCursor, self.cursor_id, with_for_update=True)
-            if row is None:
-                row = ChangeCursor(source=self.cursor_id, position="")
-                session.add(row)
-            if position is not None:
-                row.position = position
-            row.error = error
-            row.updated_at = utcnow()
-        self.error = row.error
+
+        def new() -> ChangeCursor:
+            return ChangeCursor(source=self.cursor_id, position="")
+
+        moved = {} if position is None else {"position": position}
+        await self.cursors_db.set_row(
+            ChangeCursor, self.cursor_id, new, **moved, error=error, updated_at=utcnow()
+        )
+        self.error = error
 
     async def _failed(self, exc: Exception) -> None:
         self._ready = False  # the next poll checks (and if need be installs) the capture again
