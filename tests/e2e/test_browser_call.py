@@ -8,6 +8,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -168,3 +169,31 @@ async def test_talking_over_the_agent_stops_it(server: Server, launch_browser: A
     before = [level for t, level in received["levels"] if at - 1500 <= t <= at - 100]
     assert max(before) > 0.01, "the agent was not audible before the interruption"
     assert after and max(after) < 0.005, after
+
+
+SOURCES = "() => [...document.querySelectorAll('#transcript li.agent .sources')].map(s => s.textContent)"
+
+
+async def test_a_document_uploaded_over_http_answers_a_spoken_question_and_the_page_names_it(
+    server: Server, launch_browser: Any, tmp_path: Path
+) -> None:
+    """As a new user tries it: upload with the API (curl), then ask about it in a call."""
+    wifi = "# Guest Wi-Fi\n\nThe guest Wi-Fi network is Harbour-Guest. Its password is bluefrog42.\n"
+    async with httpx.AsyncClient(base_url=server.base) as http:
+        sent = await http.post(
+            "/api/knowledge/documents", files={"file": ("wifi.md", wifi.encode(), "text/markdown")}
+        )
+        assert sent.status_code == 202, sent.text
+        async with asyncio.timeout(60):  # ingestion of one paragraph: only a lost event takes this long
+            while (await http.get("/api/knowledge/documents/wifi.md")).json()["state"] != "indexed":
+                await asyncio.sleep(0.2)
+
+    wav = write_mic_wav(tmp_path / "wifi.wav", [("What is the password for the guest wifi?", 0.0)])
+    page = await start_call(launch_browser, server, wav, "e2e-knowledge")
+    events = await wait_for_event(page, "e.kind === 'turn'", timeout_s=60)
+    [turn] = [e for e in events if e["kind"] == "turn"]
+    assert [s["doc_id"] for s in turn["sources"]] == ["wifi.md"], turn
+    assert turn["agent_text"].strip() and turn["metrics"]["retrieval_s"] is not None
+    await page.wait_for_function(f"() => ({SOURCES})().length > 0", timeout=10_000)
+    assert await page.evaluate(SOURCES) == ["Guest Wi-Fi"]  # under the answer, by its title
+    await page.evaluate("() => window.__hangup()")
