@@ -38,8 +38,8 @@ SUITES = {
     "memory": memory.run,
     "call_memory": call_memory.run,
     "intents": intents.run,
-    "knowledge_answers": knowledge_answers.run,  # ~4 min: the shipped questions, 4 ways, local LLM
-    "knowledge": knowledge.run,  # ~5 min: 5,000 chunks through e5 into Milvus Lite, then searches
+    "knowledge_answers": knowledge_answers.run,  # ~8 min: the shipped questions asked 4 ways of the local LLM
+    "knowledge": knowledge.run,  # ~8 min: ingest, freshness, 10k/100k-chunk queries, recall by mode
     "outreach": outreach.run,
     "outreach_scale": outreach_scale.run,  # ~2.5 min: one analysis run over 100k users / 1M turns
     "soak": soak.run,  # 30 minutes (SOAK_MINUTES); last, so a long run does not hold up the rest

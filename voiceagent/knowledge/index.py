@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,6 +43,10 @@ class Hit(BaseModel):
     similarity: float | None = None
 
 
+# hybrid: both, fused by rank; dense: the embedding alone; sparse: the words alone (BM25).
+SearchMode = Literal["hybrid", "dense", "sparse"]
+
+
 class KnowledgeIndex(ABC):
     """Vector + full-text (BM25) search over chunks, ranked together (reciprocal rank fusion)."""
 
@@ -57,8 +62,11 @@ class KnowledgeIndex(ABC):
         """Remove every chunk of the document (nothing if there is none)."""
 
     @abstractmethod
-    async def search(self, text: str, vector: np.ndarray, limit: int = 5) -> list[Hit]:
-        """Chunks for a question: its words (BM25) and its embedding, fused."""
+    async def search(
+        self, text: str, vector: np.ndarray, limit: int = 5, *, mode: SearchMode = "hybrid"
+    ) -> list[Hit]:
+        """Chunks for a question: its words (BM25) and its embedding, fused; ``mode`` picks one
+        side alone (to compare them). Never a chunk of a version replaced before the call."""
 
     @abstractmethod
     async def document_chunks(self, doc_id: str) -> list[Chunk]:
