@@ -44,6 +44,12 @@ class DocumentStates:
             row = await session.get(KnowledgeDocument, doc_id)
             return None if row is None else DocumentState.model_validate(row)
 
+    async def indexed_at(self, doc_id: str, version: str) -> bool:
+        """The index already holds ``version`` of the document: ingesting or publishing it again
+        would change nothing."""
+        state = await self.get(doc_id)
+        return state is not None and state.state == "indexed" and state.version == version
+
     async def list(self, state: DocumentStateName | None = None, limit: int = 100) -> list[DocumentState]:
         query = select(KnowledgeDocument).order_by(KnowledgeDocument.updated_at.desc()).limit(limit)
         if state is not None:

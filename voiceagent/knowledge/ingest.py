@@ -116,8 +116,7 @@ class Ingestor:
             first = False
 
     async def _indexed_at(self, doc_id: str, version: str) -> bool:
-        current = await self.states.get(doc_id)
-        if current is not None and current.state == "indexed" and current.version == version:
+        if await self.states.indexed_at(doc_id, version):
             log.info("knowledge: %s already indexed at %s", doc_id, version)
             return True
         return False

@@ -146,7 +146,7 @@ class DocumentSubmitter:
         current = await self.sources.get(doc_id)
         unchanged = current is not None and not current.deleted and current.version == version
         change: Literal["added", "updated"] = "updated" if current and not current.deleted else "added"
-        if unchanged and await self._indexed_at(doc_id, version):
+        if unchanged and await self.states.indexed_at(doc_id, version):
             key = idempotency_key(doc_id, version)
             return Submitted(
                 doc_id=doc_id,
@@ -158,10 +158,6 @@ class DocumentSubmitter:
             )
         await self.sources.put(doc_id, version, filename, origin, content)
         return await self._publish(doc_id, version, change, unchanged=unchanged)
-
-    async def _indexed_at(self, doc_id: str, version: str) -> bool:
-        state = await self.states.get(doc_id)
-        return state is not None and state.state == "indexed" and state.version == version
 
     async def delete(self, doc_id: str) -> Submitted | None:
         """None: no such document was ever submitted."""
