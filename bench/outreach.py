@@ -75,7 +75,9 @@ async def _run() -> dict[str, Metric]:
             ("routed", "spoken"): [],
             ("spoken", "audio"): [],
         }
-        async with httpx.AsyncClient(base_url=cluster.a.base_url, timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=cluster.a.base_url, timeout=30, headers=cluster.a.operator
+        ) as http:
             await asyncio.sleep(3.0)  # registered, and past the first heartbeat
             for n in range(PROMPTS):
                 since = loop.time()

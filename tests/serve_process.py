@@ -34,6 +34,7 @@ class VoiceagentProcess:
     def __init__(self, cwd: Path, command: Sequence[str], log_name: str, **settings: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEAGENT_")}
         env.update(settings)
+        self.settings = settings
         self.log_path = cwd / log_name
         with self.log_path.open("w") as log:
             self.proc = subprocess.Popen(
@@ -56,6 +57,17 @@ class ServeProcess(VoiceagentProcess):
         log_name = f"server-{len(list(cwd.glob('server-*.log')))}.log"
         super().__init__(cwd, ["serve", "--port", "0", *args], log_name, **settings)
         self.base_url = ""
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def operator(self) -> dict[str, str]:
+        """Headers signing an operator in to this server's guarded API (a token in its store,
+        made once the server has migrated it)."""
+        if self._headers is None:
+            from voiceagent.testing.admin import bearer
+
+            self._headers = bearer(self.settings["VOICEAGENT_STORE__URL"])
+        return self._headers
 
     def wait_listening(self, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import FrameType
 
 from voiceagent import __version__
+from voiceagent.auth.cli import admin_commands
 from voiceagent.config import ConfigError, Settings, load_settings, settings_as_yaml
 from voiceagent.events.bus import MessageBus
 from voiceagent.runtime import Runtime, StartupError
@@ -102,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
         "run", parents=[common], help="run the scheduled jobs (intent analysis, check-ins) until stopped"
     )
     run.set_defaults(handler=_cmd_outreach_run)
+
+    admin_commands(commands.add_parser("admin", help="dashboard users, API tokens and sessions"), common)
 
     ingest = commands.add_parser(
         "ingest",

@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from voiceagent.admin.settings import AdminSettings
+from voiceagent.auth.settings import SecuritySettings
 from voiceagent.engines.settings import EngineSettings
 from voiceagent.knowledge.settings import KnowledgeSettings
 from voiceagent.pipeline.settings import ConversationSettings
@@ -227,10 +229,6 @@ class OutreachRules(_Section):
 class OutreachSettings(_Section):
     enabled: bool = True  # this node speaks outreach events in its calls
     intents_file: str = "configs/intents.yaml"
-    # Whether a caller's claimed user_id is trusted before a pending (possibly personal) prompt is
-    # spoken to them. Until signed caller identity exists, only a deployment that authenticates
-    # callers in front of VoiceAgent should leave this on; see outreach/identity.py.
-    trust_claimed_user_ids: bool = True
     heartbeat_s: float = Field(5.0, gt=0)  # a node refreshes its calls in the registry this often
     stale_after_s: float = Field(20.0, gt=0)  # a registry entry not refreshed this long is a dead node's
     claim_s: float = Field(30.0, gt=0)  # a node holds an event this long per claim (renewed while it waits)
@@ -256,6 +254,8 @@ class Settings(_Section):
     transport: TransportSettings = TransportSettings()
     outreach: OutreachSettings = OutreachSettings()
     knowledge: KnowledgeSettings = KnowledgeSettings()
+    security: SecuritySettings = SecuritySettings()
+    admin: AdminSettings = AdminSettings()
 
 
 Layer = tuple[str, Mapping[str, Any]]

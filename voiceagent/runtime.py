@@ -14,6 +14,9 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy import text
 
+from voiceagent.admin.node import AdminNode
+from voiceagent.auth.callers import CallerVerifier, validate
+from voiceagent.auth.guard import AdminAuth
 from voiceagent.calls.session import CallManager
 from voiceagent.config import Settings
 from voiceagent.engines.registry import Engines
@@ -22,6 +25,7 @@ from voiceagent.events.factory import create_transport
 from voiceagent.knowledge.node import KnowledgeNode
 from voiceagent.observability.metrics import Metrics
 from voiceagent.observability.readiness import Readiness
+from voiceagent.outreach.identity import IdentityTrust
 from voiceagent.outreach.node import OutreachNode
 from voiceagent.outreach.scheduler import OutreachScheduler
 from voiceagent.store import Database, Store, StoreUnavailable
@@ -37,6 +41,12 @@ class StartupError(RuntimeError):
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        callers = settings.security.callers
+        try:
+            validate(callers)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        self.callers = CallerVerifier(callers)
         self.metrics = Metrics(settings.node_id)
         self.database = Database(settings.store)
         self.store = Store(self.database)
@@ -59,6 +69,14 @@ class Runtime:
             database=self.database,
             settings=settings.outreach,
             node_id=settings.node_id,
+            trust=IdentityTrust(callers.allow_unsigned),
+        )
+        self.auth = AdminAuth(self.database, settings.security.admin)
+        self.admin = AdminNode(
+            database=self.database,
+            settings=settings.admin,
+            node_id=settings.node_id,
+            stale_after_s=settings.outreach.stale_after_s,
         )
         self.scheduler: OutreachScheduler | None = (
             None  # outreach.scheduler.enabled: started with the engines
@@ -91,6 +109,7 @@ class Runtime:
                     )
             await self.outreach.start()
             await self.knowledge.start()
+            await self.admin.start()
         except StoreUnavailable as exc:
             await self.stop()
             raise StartupError(str(exc)) from exc
@@ -104,6 +123,12 @@ class Runtime:
             _freeze_what_lives_forever()
         self.started = True
         log.info("node %s started (store: %s)", self.settings.node_id, self.database.dialect)
+        if self.callers.allow_unsigned:
+            log.warning(
+                "security.callers.allow_unsigned is true: a caller's user_id is believed without a "
+                "signed identity_token, so anyone who reaches this node can claim anyone's calls and "
+                "outreach prompts (local use only)"
+            )
 
     async def _load_engines(self) -> None:
         await self.engines.load()
@@ -137,6 +162,7 @@ class Runtime:
             await self.scheduler.stop()
             self.scheduler = None
         await self.calls.close_all()  # hang up first: calls use everything below
+        await self.admin.stop()
         await self.outreach.stop()
         await self.knowledge.stop()
         if self._engines_loading is not None:

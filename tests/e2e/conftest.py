@@ -27,6 +27,7 @@ from voiceagent.testing.fakes import install_fake_engines
 class Server:
     base: str
     store_url: str
+    operator: dict[str, str]  # headers that sign an operator in to the guarded API
 
 
 def write_mic_wav(
@@ -71,7 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     try:
         server.wait_listening(timeout=60)
         server.wait_ok("/readyz", timeout=120, interval=0.3)
-        yield Server(server.base_url, store_url)
+        yield Server(server.base_url, store_url, server.operator)
     finally:
         server.stop()
         print(server.log[-4000:])

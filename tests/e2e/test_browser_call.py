@@ -179,7 +179,7 @@ async def test_a_document_uploaded_over_http_answers_a_spoken_question_and_the_p
 ) -> None:
     """As a new user tries it: upload with the API (curl), then ask about it in a call."""
     wifi = "# Guest Wi-Fi\n\nThe guest Wi-Fi network is Harbour-Guest. Its password is bluefrog42.\n"
-    async with httpx.AsyncClient(base_url=server.base) as http:
+    async with httpx.AsyncClient(base_url=server.base, headers=server.operator) as http:
         sent = await http.post(
             "/api/knowledge/documents", files={"file": ("wifi.md", wifi.encode(), "text/markdown")}
         )

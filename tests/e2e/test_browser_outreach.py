@@ -28,7 +28,7 @@ async def test_a_caller_hears_the_prompt_and_the_answer_is_answered(
 ) -> None:
     wav = write_mic_wav(tmp_path / "answer.wav", [(ANSWER, 0.0)], lead_s=ANSWER_AFTER_S)
     page = await start_call(launch_browser, server, wav, "e2e-parcel")
-    async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=server.base, timeout=30, headers=server.operator) as http:
         async with asyncio.timeout(30):  # the call is registered as it starts
             while not any(c["user_id"] == "e2e-parcel" for c in (await http.get("/api/calls")).json()):
                 await asyncio.sleep(0.1)

@@ -89,7 +89,7 @@ def brief(turn: dict[str, Any]) -> str:
 
 
 async def live_state(node: Node, call_id: str) -> str | None:
-    async with httpx.AsyncClient(base_url=node.base, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=node.base, timeout=10, headers=node.server.operator) as http:
         calls = (await http.get("/api/calls")).json()
     return next((c["state"] for c in calls if c["call_id"] == call_id), None)
 
@@ -127,7 +127,7 @@ async def test_a_broken_reply_is_one_bad_turn_and_the_call_goes_on(
         assert "four" in answered["agent_text"].lower() and answered.get("fault") is None, brief(answered)
         assert [(s.mode, bool(s.user_text)) for s in node.llm.questions()] == [(mode, True), ("ok", True)]
 
-        async with httpx.AsyncClient(base_url=node.base, timeout=15) as http:
+        async with httpx.AsyncClient(base_url=node.base, timeout=15, headers=node.server.operator) as http:
             assert (await http.delete(f"/api/calls/{call.call_id}")).status_code == 204
             hung_up = True
             assert call.call_id not in [c["call_id"] for c in (await http.get("/api/calls")).json()]

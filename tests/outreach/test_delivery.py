@@ -13,11 +13,13 @@ import pytest
 from tests.calls.caller import Caller, dial
 from tests.events.conftest import event_settings
 from tests.outreach.stages import assert_delivered_once
+from tests.transport.client import SpeechSource, place_call
 from voiceagent.calls.session import CallManager
 from voiceagent.config import OutreachSettings
 from voiceagent.events import AskEvent, AskPayload, EventBus, GreetEvent, GreetPayload
 from voiceagent.events.envelope import expiring_in, utcnow
 from voiceagent.events.factory import create_transport
+from voiceagent.outreach.identity import IdentityTrust
 from voiceagent.outreach.ledger import EventRecord, Status
 from voiceagent.outreach.node import OutreachNode
 from voiceagent.outreach.publisher import UnknownUser
@@ -29,7 +31,9 @@ NEWS = "Hi Ann. Your order shipped this morning and arrives on Friday."
 SETTINGS = OutreachSettings(heartbeat_s=0.5, stale_after_s=3.0, claim_s=3.0, invisible_s=2.0, max_attempts=50)
 
 
-async def start_node(manager: CallManager, store: FlakyStore, settings: OutreachSettings) -> OutreachNode:
+async def start_node(
+    manager: CallManager, store: FlakyStore, settings: OutreachSettings, allow_unsigned: bool = True
+) -> OutreachNode:
     events = event_settings("inprocess")
     transport = create_transport(events)
     await transport.start()
@@ -39,6 +43,7 @@ async def start_node(manager: CallManager, store: FlakyStore, settings: Outreach
         database=store.store.database,
         settings=settings,
         node_id="test-node",
+        trust=IdentityTrust(allow_unsigned),
     )
     await node.start()
     return node
@@ -193,19 +198,42 @@ async def test_an_event_that_expires_while_pending_is_never_spoken(
     await ann.hang_up()
 
 
+async def dial_signed(manager: CallManager, user_id: str) -> Caller:
+    """A caller whose id came in a signed token (what POST /api/calls makes of a valid one)."""
+    mic = SpeechSource()
+
+    async def direct(sdp: str) -> tuple[str, str]:
+        session, answer = await manager.start(sdp, "offer", user_id, identity="signed")
+        return session.id, answer
+
+    return Caller(await place_call(direct, mic), mic)
+
+
 async def test_an_untrusted_caller_is_not_told_someone_elses_pending_prompt(
     manager: CallManager, store: FlakyStore
 ) -> None:
     await store.store.touch_user("ann")
-    node = await start_node(manager, store, SETTINGS.model_copy(update={"trust_claimed_user_ids": False}))
+    node = await start_node(manager, store, SETTINGS, allow_unsigned=False)
     try:
         event = GreetEvent(payload=GreetPayload(user_id="ann", text=NEWS))
         await node.publisher.publish(event)
         await status_of(node, event.id, Status.PENDING)
-        ann = await dial(manager, user_id="ann")
+        claimed = await dial(manager, user_id="ann")  # her id, unsigned: not believed here
         await asyncio.sleep(SETTINGS.invisible_s)
-        assert not prompts(ann)
+        assert not prompts(claimed)
         assert (await node.ledger.get(event.id)).status == Status.PENDING  # type: ignore[union-attr]
+        # Nor is an event published while the claimed call is live spoken in it.
+        live = AskEvent(payload=AskPayload(user_id="ann", question="Is the booking still on?"))
+        await node.publisher.publish(live)
+        await status_of(node, live.id, Status.PENDING)
+        assert not prompts(claimed)
+        await claimed.hang_up()
+
+        ann = await dial_signed(manager, "ann")  # the host app vouches for her: she hears both
+        turn = await ann.wait_event("turn", 0, initiator="agent")
+        assert turn["event_id"] in (event.id, live.id)
+        await status_of(node, event.id, Status.HEARD)
+        await status_of(node, live.id, Status.HEARD)
         await ann.hang_up()
     finally:
         await manager.close_all()

@@ -68,7 +68,7 @@ async def registered(node: ServeProcess, user_id: str) -> None:
     """Until the shared registry places the user's call (a node registers as the call starts)."""
     async with asyncio.timeout(DEADLINE_S):
         while True:
-            async with httpx.AsyncClient(base_url=node.base_url) as http:
+            async with httpx.AsyncClient(base_url=node.base_url, headers=node.operator) as http:
                 calls = (await http.get("/api/calls")).json()
             if any(c["user_id"] == user_id for c in calls):
                 await asyncio.sleep(1.0)  # one heartbeat past the registration
@@ -77,7 +77,7 @@ async def registered(node: ServeProcess, user_id: str) -> None:
 
 
 async def send(node: ServeProcess, **body: Any) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=node.base_url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=node.base_url, timeout=30, headers=node.operator) as http:
         response = await http.post("/api/outreach", json=body)
     assert response.status_code == 202, response.text
     return dict(response.json())
@@ -86,7 +86,7 @@ async def send(node: ServeProcess, **body: Any) -> dict[str, Any]:
 async def event_status(node: ServeProcess, event_id: str, *wanted: str) -> dict[str, Any]:
     async with asyncio.timeout(DEADLINE_S):
         while True:
-            async with httpx.AsyncClient(base_url=node.base_url) as http:
+            async with httpx.AsyncClient(base_url=node.base_url, headers=node.operator) as http:
                 record = (await http.get(f"/api/outreach/{event_id}")).json()
             if record["status"] in wanted:
                 return dict(record)

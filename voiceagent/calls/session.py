@@ -50,6 +50,9 @@ TURN_WRITE_BACKOFF_S = 0.5
 # node collects. The runtime freezes everything loaded at start-up, which keeps this cheap.
 RECLAIM_AFTER_S = 3.0
 RECLAIM_EVERY_S = 30.0  # at most this often: each collection holds up the event loop (gc_seconds)
+# How a call's user id is known: inside a token the host app signed, claimed by the page (believed
+# only where security.callers.allow_unsigned), or made up here for a caller who gave none.
+Identity = Literal["signed", "claimed", "anonymous"]
 
 
 class EnginesLoading(RuntimeError):
@@ -106,6 +109,7 @@ class CallSession:
         transport: CallTransport,
         playout: Playout,
         user_id: str,
+        identity: Identity,
         engines: CallEngines,
         store: CallStore,
         metrics: Metrics,
@@ -117,6 +121,7 @@ class CallSession:
         self.transport = transport
         self.playout = playout
         self.user_id = user_id
+        self.identity = identity
         self.id = transport.id
         self.node_id = node_id
         self.started_at = datetime.now(UTC)
@@ -293,7 +298,15 @@ class CallManager:
         for reason in RECOVERY_REASONS:
             metrics.call_recoveries.labels(reason=reason)
 
-    async def start(self, sdp: str, type_: str, user_id: str | None) -> tuple[CallSession, str]:
+    async def start(
+        self, sdp: str, type_: str, user_id: str | None, identity: Identity | None = None
+    ) -> tuple[CallSession, str]:
+        """Answer ``sdp`` and run the call. ``identity`` says how ``user_id`` is known (the HTTP
+        API always says); left out, a given id counts as claimed, none as anonymous."""
+        if identity is None:
+            identity = "claimed" if user_id else "anonymous"
+        if (identity == "anonymous") == bool(user_id):
+            raise ValueError(f"identity {identity!r} does not fit user_id {user_id!r}")
         if not self.engines.ready:
             raise EnginesLoading("the models are still loading; try again in a few seconds")
         engines = self.engines.for_call()
@@ -304,6 +317,7 @@ class CallManager:
                 transport=transport,
                 playout=playout,
                 user_id=user_id or f"anon-{uuid.uuid4().hex[:12]}",
+                identity=identity,
                 engines=engines,
                 store=self.store,
                 metrics=self.metrics,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -13,6 +15,36 @@ from voiceagent.outreach.publisher import OutreachPublisher, PublishResult, Unkn
 from voiceagent.server.errors import parse_json_body
 
 MAX_BODY_BYTES = 16 * 1024
+
+
+SEND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "the body names each bad field"},
+    404: {"description": "the user has never called"},
+    413: {"description": "body too large"},
+    503: {"description": "the broker is unreachable; nothing was published"},
+}
+SEND_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": OutreachRequest.model_json_schema()}},
+    }
+}
+
+
+async def send_from_request(
+    publisher: OutreachPublisher, request: Request
+) -> tuple[OutreachRequest, PublishResult]:
+    """An operator's greet/ask from an HTTP body, published; refusals as HTTP errors."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    outreach = parse_json_body(OutreachRequest, body, "outreach request")
+    try:
+        return outreach, await publisher.publish(outreach.to_event())
+    except UnknownUser as exc:
+        raise HTTPException(404, str(exc)) from None
+    except PublishFailed as exc:
+        raise HTTPException(503, f"not published: {exc}", headers={"Retry-After": "5"}) from None
 
 
 class EventPage(BaseModel):
@@ -30,30 +62,11 @@ def outreach_router(publisher: OutreachPublisher, ledger: OutreachLedger) -> API
         status_code=202,
         response_model=PublishResult,
         summary="Send a greet/ask to a user: spoken in their live call, or when they next call",
-        responses={
-            400: {"description": "the body names each bad field"},
-            404: {"description": "the user has never called"},
-            413: {"description": "body too large"},
-            503: {"description": "the broker is unreachable; nothing was published"},
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": OutreachRequest.model_json_schema()}},
-            }
-        },
+        responses=SEND_RESPONSES,
+        openapi_extra=SEND_BODY,
     )
     async def send(request: Request) -> PublishResult:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"body larger than {MAX_BODY_BYTES} bytes")
-        outreach = parse_json_body(OutreachRequest, body, "outreach request")
-        try:
-            return await publisher.publish(outreach.to_event())
-        except UnknownUser as exc:
-            raise HTTPException(404, str(exc)) from None
-        except PublishFailed as exc:
-            raise HTTPException(503, f"not published: {exc}", headers={"Retry-After": "5"}) from None
+        return (await send_from_request(publisher, request))[1]
 
     @router.get("/api/outreach", response_model=EventPage, summary="Outreach events, newest first")
     async def history(

@@ -1,16 +1,16 @@
-"""The one place a node decides whether it trusts who a caller says they are, before it speaks a
-pending prompt — possibly personal — to them.
+"""The one place a node decides whether it believes who a caller is, before it speaks an outreach
+prompt — possibly personal — in their call.
 
-Today a caller's ``user_id`` is whatever the page claims. Signed caller identity (issue 12) plugs
-in here: a policy that checks the call's verified identity instead of the claim.
+How a call's user id is known is set when the call starts (``CallSession.identity``, from
+``POST /api/calls``: auth/callers.py): signed by the host application, claimed by the page, or
+made up for an anonymous caller. The policy here trusts by that, never by the id itself.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Protocol
 
-log = logging.getLogger(__name__)
+from voiceagent.calls.session import Identity
 
 
 class Caller(Protocol):
@@ -20,21 +20,33 @@ class Caller(Protocol):
     @property
     def user_id(self) -> str: ...
 
+    @property
+    def identity(self) -> Identity: ...
+
 
 class CallerTrust(Protocol):
-    def trusts(self, caller: Caller) -> bool: ...
+    def trusts(self, caller: Caller) -> bool:
+        """Whether the caller is told what is pending for their user id: decided before this
+        call, and possibly personal."""
+        ...
+
+    def may_hear(self, caller: Caller) -> bool:
+        """Whether an event for the caller's user id may be spoken in this live call."""
+        ...
 
 
-class ClaimedIdentity:
-    """Trust the claimed user id or not, as configured (``outreach.trust_claimed_user_ids``).
-    Anonymous callers (no id given: ``anon-…``) are never trusted with someone's prompt."""
+class IdentityTrust:
+    """Signed callers are trusted; claimed ones only where ``security.callers.allow_unsigned``
+    says claims are believed (local use); anonymous ones never with what is pending (their id was
+    made up for this one call, so nothing pending can be theirs)."""
 
-    def __init__(self, trust_claims: bool) -> None:
-        self.trust_claims = trust_claims
+    def __init__(self, allow_unsigned: bool) -> None:
+        self.allow_unsigned = allow_unsigned
 
     def trusts(self, caller: Caller) -> bool:
-        if caller.user_id.startswith("anon-"):
-            return False
-        if not self.trust_claims:
-            log.info("call %s: claimed user %r not trusted with pending prompts", caller.id, caller.user_id)
-        return self.trust_claims
+        return caller.identity == "signed" or (caller.identity == "claimed" and self.allow_unsigned)
+
+    def may_hear(self, caller: Caller) -> bool:
+        # An anonymous caller's id names only their call: an event for it (a check-in) was
+        # decided about that very call.
+        return caller.identity == "anonymous" or self.trusts(caller)

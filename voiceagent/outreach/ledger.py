@@ -346,12 +346,20 @@ class OutreachLedger:
             return [_record(row) for row in await session.scalars(query)]
 
     async def history(
-        self, *, user_id: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        user_id: str | None = None,
+        status: str | None = None,
+        type: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
     ) -> tuple[list[EventRecord], int]:
         """Newest first, each with its stages; and the total matching (for pagination)."""
         conditions = []
         if user_id is not None:
             conditions.append(OutreachEvent.user_id == user_id)
+        if type is not None:
+            conditions.append(OutreachEvent.type == type)
         if status is not None:
             conditions.append(OutreachEvent.status == status)
         query = (

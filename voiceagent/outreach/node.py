@@ -23,7 +23,7 @@ from voiceagent.config import OutreachSettings
 from voiceagent.events import AskEvent, EventBus, EventConsumer, GreetEvent
 from voiceagent.events.envelope import utcnow
 from voiceagent.outreach.delivery import ClaimedElsewhere, OutreachDelivery, PromptNotHeard
-from voiceagent.outreach.identity import CallerTrust, ClaimedIdentity
+from voiceagent.outreach.identity import CallerTrust
 from voiceagent.outreach.ledger import EventRecord, OutreachEventT, OutreachLedger
 from voiceagent.outreach.publisher import OutreachPublisher
 from voiceagent.outreach.registry import SessionRegistry
@@ -45,18 +45,18 @@ class OutreachNode:
         database: Database,
         settings: OutreachSettings,
         node_id: str,
-        trust: CallerTrust | None = None,
+        trust: CallerTrust,
     ) -> None:
         self.calls = calls
         self.bus = bus
         self.settings = settings
         self.node_id = node_id
-        self.trust = trust or ClaimedIdentity(settings.trust_claimed_user_ids)
+        self.trust = trust
         self.registry = SessionRegistry(database, settings.stale_after_s)
         self.ledger = OutreachLedger(database)
         self.publisher = OutreachPublisher(bus, self.ledger, self.registry, node_id)
         self.delivery = OutreachDelivery(
-            calls=calls,
+            calls=BelievedCalls(calls, trust),
             ledger=self.ledger,
             registry=self.registry,
             publisher=self.publisher,
@@ -194,6 +194,9 @@ class OutreachNode:
         except Exception as exc:
             log.warning("outreach: call %s not registered yet: %s", session.id, exc)
         if not self.trust.trusts(session):
+            if session.identity != "anonymous":
+                who = f"{session.identity} user {session.user_id!r}"
+                log.info("call %s: %s not told what is pending for them", session.id, who)
             return
         try:
             pending = await self.ledger.undelivered_for(session.user_id)
@@ -225,3 +228,17 @@ class OutreachNode:
                 log.warning("outreach: pending %s for %s: %s: %s", event.id, session.user_id,
                             type(exc).__name__, exc)  # fmt: skip
                 await asyncio.sleep(self.settings.claim_s / 3)
+
+
+class BelievedCalls:
+    """Delivery's view of this node's calls: an event for a user is spoken only in a call whose
+    caller may hear it (identity.py), never in one that merely claims their id."""
+
+    def __init__(self, calls: CallManager, trust: CallerTrust) -> None:
+        self.calls = calls
+        self.trust = trust
+
+    def session_of_user(self, user_id: str) -> CallSession | None:
+        """This node's newest call of ``user_id`` that may hear events for them."""
+        theirs = [s for s in self.calls.sessions.values() if s.user_id == user_id and self.trust.may_hear(s)]
+        return max(theirs, key=lambda s: s.started_at) if theirs else None

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from voiceagent import __version__
+from voiceagent.admin.api import AdminServices, admin_router
 from voiceagent.knowledge.sources.api import knowledge_router
 from voiceagent.observability.metrics import CONTENT_TYPE
 from voiceagent.observability.readiness import ReadinessReport
 from voiceagent.outreach.api import outreach_router
+from voiceagent.outreach.intent_store import IntentStore
 from voiceagent.runtime import Runtime
 from voiceagent.server.calls_api import WEB_DIR, calls_router
 
@@ -42,10 +44,30 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
     )
     app.state.runtime = runtime
     app.middleware("http")(runtime.metrics.http_middleware)
-    app.include_router(calls_router(runtime.calls, runtime.settings.transport.max_offer_bytes))
-    app.include_router(outreach_router(runtime.outreach.publisher, runtime.outreach.ledger))
+    app.middleware("http")(_security_headers)
+    # Reads need a signed-in viewer (or an API token), changes an operator: one callable, so a
+    # route that also names it to know who asks runs it once.
+    guard = runtime.auth.by_method()
+    signed_in = [Depends(guard)]
+    transport = runtime.settings.transport
+    app.include_router(calls_router(runtime.calls, transport.max_offer_bytes, runtime.callers, guard))
+    outreach = runtime.outreach
+    app.include_router(outreach_router(outreach.publisher, outreach.ledger), dependencies=signed_in)
     knowledge = runtime.knowledge
-    app.include_router(knowledge_router(knowledge.submitter, knowledge.states, knowledge.retriever))
+    app.include_router(
+        knowledge_router(knowledge.submitter, knowledge.states, knowledge.retriever), dependencies=signed_in
+    )
+    app.include_router(runtime.auth.router())
+    if runtime.settings.admin.enabled:
+        services = AdminServices(
+            queries=runtime.admin.queries,
+            ledger=outreach.ledger,
+            publisher=outreach.publisher,
+            intents=IntentStore(runtime.database),
+            documents=knowledge.submitter,
+            hub=runtime.admin.hub,
+        )
+        app.include_router(admin_router(runtime.auth, services, guard))
     if WEB_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
@@ -74,3 +96,18 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
         return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
 
     return app
+
+
+async def _security_headers(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """No sniffing or referrers anywhere; the dashboard's data and code are never cached stale."""
+    response = await call_next(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    path = request.url.path
+    if path.startswith("/api/admin"):
+        response.headers["Cache-Control"] = "no-store"
+    elif path.startswith("/static/admin/"):
+        response.headers["Cache-Control"] = "no-cache"  # revalidated (ETag): never old code after a deploy
+    return response

@@ -23,7 +23,7 @@ class CallEnded(RuntimeError):
     """A turn arrived for a call that has already hung up."""
 
 
-def _turn_record(turn: Turn) -> TurnRecord:
+def turn_record(turn: Turn) -> TurnRecord:
     return TurnRecord(
         id=turn.id,
         call_id=turn.call_id,
@@ -50,7 +50,7 @@ def _call_record(call: Call, with_turns: bool) -> CallRecord:
         started_at=call.started_at,
         ended_at=call.ended_at,
         end_reason=call.end_reason,
-        turns=[_turn_record(t) for t in call.turns] if with_turns else [],
+        turns=[turn_record(t) for t in call.turns] if with_turns else [],
     )
 
 
@@ -122,7 +122,7 @@ class Store:
             )
             session.add(row)
             await session.flush()
-            return _turn_record(row)
+            return turn_record(row)
 
     async def end_call(self, call_id: str, reason: str) -> CallRecord:
         """Idempotent: ending an ended call keeps the first end time and reason."""

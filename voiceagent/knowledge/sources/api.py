@@ -47,6 +47,17 @@ class SearchResult(BaseModel):
     passages: list[FoundPassage]
 
 
+async def delete_document(submitter: DocumentSubmitter, doc_id: str) -> Submitted:
+    """Delete a document for an HTTP caller: 404 when unknown, 503 when the broker is down."""
+    try:
+        deleted = await submitter.delete(doc_id)
+    except PublishFailed as exc:
+        raise HTTPException(503, f"not published: {exc}", headers={"Retry-After": "5"}) from None
+    if deleted is None:
+        raise HTTPException(404, f"no document {doc_id!r}")
+    return deleted
+
+
 def knowledge_router(submitter: DocumentSubmitter, states: DocumentStates, retriever: Retriever) -> APIRouter:
     router = APIRouter(tags=["knowledge"])
     max_bytes = submitter.max_bytes
@@ -129,13 +140,7 @@ def knowledge_router(submitter: DocumentSubmitter, states: DocumentStates, retri
         responses={404: {"description": "no such document"}, 503: refusals[503]},
     )
     async def delete(doc_id: Annotated[str, Path(pattern=DOC_ID)]) -> Submitted:
-        try:
-            deleted = await submitter.delete(doc_id)
-        except PublishFailed as exc:
-            raise HTTPException(503, f"not published: {exc}", headers={"Retry-After": "5"}) from None
-        if deleted is None:
-            raise HTTPException(404, f"no document {doc_id!r}")
-        return deleted
+        return await delete_document(submitter, doc_id)
 
     @router.get(
         "/api/knowledge/documents", response_model=list[DocumentState], summary="Documents, newest first"
