@@ -9,6 +9,7 @@ from bench import (
     call_memory,
     calls,
     conversation_browser,
+    dashboard,
     events,
     foundation,
     intents,
@@ -42,6 +43,7 @@ SUITES = {
     "knowledge": knowledge.run,  # ~8 min: ingest, freshness, 10k/100k-chunk queries, recall by mode
     "outreach": outreach.run,
     "outreach_scale": outreach_scale.run,  # ~2.5 min: one analysis run over 100k users / 1M turns
+    "dashboard": dashboard.run,  # ~4-5 min: live-update latency (SQLite, screen, PostgreSQL), 50 dashboards
     "soak": soak.run,  # 30 minutes (SOAK_MINUTES); last, so a long run does not hold up the rest
 }
 
