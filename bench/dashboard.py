@@ -19,8 +19,9 @@ a subprocess; dashboards are WebSocket clients of ``/api/admin/live`` signed in 
    frame stamp minus ``time.time()`` at the write's commit (same machine clock).
 3. 50 dashboards while 8 calls run: 8 aiortc callers (tone 1.2 s / pause 4 s, so each call
    completes a turn every ~5 s and every turn becomes a LiveUpdate) held for a 30 s window after 3 s
-   settling (bench/calls_load.run_level), once with no dashboard and once with 50 connected.
-   Server CPU from the server's own getrusage (``/bench/stats``) over the window; late frames are
+   settling (bench/calls_load.run_level), in four rounds on one server: none, 50, 50, none
+   dashboards connected (ABBA, so a drift in the machine's other load cancels out). Server CPU
+   from the server's own getrusage (``/bench/stats``) over each window; late frames are
    the server's outbound frames handed to aiortc > 20 ms after their slot; client gaps are > 60 ms
    holes between frames received by the callers.
 """
@@ -68,12 +69,14 @@ class Dashboard:
     """One ``/api/admin/live`` client: what it received, by type, and when each turn arrived."""
 
     socket: Any
+    connected_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     counts: Counter[str] = field(default_factory=Counter)
     turn_at: dict[int, float] = field(default_factory=dict)  # turn id -> perf_counter at arrival
     dropped: str | None = None  # closed by the server (or the link) before we closed it
     closing: bool = False
     task: asyncio.Task[None] | None = None
     turned: asyncio.Event = field(default_factory=asyncio.Event)  # set at each turn update
+    replayed: int = 0  # turn updates for turns that started before this dashboard connected
 
     async def read(self) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -86,6 +89,8 @@ class Dashboard:
                 if update["type"] == "turn":
                     self.turn_at.setdefault(update["turn"]["id"], now)
                     self.turned.set()
+                    if datetime.fromisoformat(update["turn"]["started_at"]) < self.connected_at:
+                        self.replayed += 1
         except ConnectionClosed:
             pass
         if not self.closing:
@@ -103,11 +108,12 @@ async def open_dashboard(base: str, token: str) -> Dashboard:
     from websockets.asyncio.client import connect
 
     url = base.replace("http", "ws", 1) + "/api/admin/live"
+    connected_at = datetime.now(UTC)
     socket = await connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=20)
     hello = json.loads(await asyncio.wait_for(socket.recv(), 10))
     if hello.get("type") != "hello":
         raise RuntimeError(f"dashboard greeted with {hello}")
-    dashboard = Dashboard(socket)
+    dashboard = Dashboard(socket, connected_at)
     dashboard.counts["hello"] += 1
     dashboard.task = asyncio.create_task(dashboard.read())
     return dashboard
@@ -398,94 +404,135 @@ async def calls_with_dashboards(
     level["dropped_why"] = sorted({d.dropped for d in dashboards if d.dropped})
     level["updates_per_dashboard"] = [min(totals), max(totals)] if totals else [0, 0]
     level["turn_updates_per_dashboard"] = [min(turns), max(turns)] if turns else [0, 0]
+    level["replayed_per_dashboard"] = max((d.replayed for d in dashboards), default=0)
     return level
+
+
+def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rounds of one condition as one: sums of counts, mean CPU, worst maxima."""
+
+    def total(key: str) -> int:
+        return int(sum(r[key] for r in rounds))
+
+    updates = [u for r in rounds for u in r["updates_per_dashboard"]]
+    turns = [u for r in rounds for u in r["turn_updates_per_dashboard"]]
+    return {
+        "dashboards": rounds[0]["dashboards"],
+        "rounds": len(rounds),
+        "call_windows": total("alive"),
+        "calls_started": total("calls"),
+        "cpu_s_per_s": statistics.fmean(r["server_cpu_pct_of_core"] for r in rounds) / 100,
+        "cpu_rounds": [round(r["server_cpu_pct_of_core"] / 100, 3) for r in rounds],
+        "loadgen_cpu_s_per_s": statistics.fmean(r["loadgen_cpu_pct_of_core"] for r in rounds) / 100,
+        **{
+            key: total(key)
+            for key in ("out_frames", "late_frames", "resyncs", "client_gaps_over_60ms", "answered_turns")
+        },
+        "late_rounds": [r["late_frames"] for r in rounds],
+        "max_late_ms": max(r["max_late_ms"] for r in rounds),
+        "client_max_gap_ms": max(r["client_max_gap_ms"] for r in rounds),
+        "loop_lag_max_ms": max(r["server_loop_lag_max_ms"] for r in rounds),
+        "dropped": total("dashboards_dropped"),
+        "dropped_why": sorted({why for r in rounds for why in r["dropped_why"]}),
+        "updates": [min(updates), max(updates)] if updates else [0, 0],
+        "turn_updates": [min(turns), max(turns)] if turns else [0, 0],
+        "replayed": max(r["replayed_per_dashboard"] for r in rounds),
+        "replayed_rounds": [r["replayed_per_dashboard"] for r in rounds],
+    }
 
 
 async def load(rng: random.Random) -> dict[str, Metric]:
     from voiceagent.testing.admin import issue_token
 
-    log(f"load: {CALLS} calls for {WINDOW_S:.0f} s, without then with {DASHBOARDS} dashboards")
+    order = (0, DASHBOARDS, DASHBOARDS, 0)  # ABBA: a drift in the machine's load cancels out
+    log(f"load: {CALLS} calls for {WINDOW_S:.0f} s per round, dashboards per round {order}")
     server = await asyncio.to_thread(start_server, "fake", 60)
     pattern = tone_pattern()
-    levels: dict[int, dict[str, Any]] = {}
+    rounds: dict[int, list[dict[str, Any]]] = {0: [], DASHBOARDS: []}
     try:
         token = await issue_token(f"sqlite+aiosqlite:///{server.workdir}/va.db")
-        for n in (0, DASHBOARDS):
+        for n in order:
             level = await calls_with_dashboards(
                 server, token, n, lambda _: LoopSource(pattern, rng.randrange(len(pattern)))
             )
             log(f"  {n} dashboards: {json.dumps(level)}")
-            levels[n] = level
+            rounds[n].append(level)
     finally:
         await asyncio.to_thread(server.stop)
-    base, busy = levels[0], levels[DASHBOARDS]
+    base, busy = combine(rounds[0]), combine(rounds[DASHBOARDS])
 
-    def cpu(level: dict[str, Any]) -> float:
-        return float(level["server_cpu_pct_of_core"]) / 100
-
-    def per_call(level: dict[str, Any], key: str) -> float:
-        return float(level[key]) / max(int(level["alive"]), 1)
-
-    def describe(level: dict[str, Any]) -> str:
+    def describe(c: dict[str, Any]) -> str:
         return (
-            f"{level['dashboards']} dashboards: {level['alive']}/{level['calls']} calls alive, "
-            f"{level['out_frames']} frames out, late {level['late_frames']} ({level['late_pct']}%), "
-            f"max late {level['max_late_ms']} ms, resyncs {level['resyncs']}, client gaps > 60 ms "
-            f"{level['client_gaps_over_60ms']}, client max gap {level['client_max_gap_ms']} ms, server "
-            f"loop lag max {level['server_loop_lag_max_ms']} ms, answered turns {level['answered_turns']}, "
-            f"server cpu {level['server_cpu_pct_of_core']}% of a core, loadgen cpu "
-            f"{level['loadgen_cpu_pct_of_core']}%"
+            f"{c['dashboards']} dashboards, {c['rounds']} rounds: {c['call_windows']}/{c['calls_started']} "
+            f"calls alive, {c['out_frames']} frames out, late {c['late_frames']} (per round "
+            f"{c['late_rounds']}), max late {c['max_late_ms']} ms, resyncs {c['resyncs']}, client gaps "
+            f"> 60 ms {c['client_gaps_over_60ms']}, client max gap {c['client_max_gap_ms']} ms, server "
+            f"loop lag max {c['loop_lag_max_ms']} ms, answered turns {c['answered_turns']}, server cpu "
+            f"per round {c['cpu_rounds']} s/s, loadgen cpu {c['loadgen_cpu_s_per_s']:.2f} s/s"
         )
 
     setup = (
         f"{CALLS} aiortc callers (tone 1.2 s / pause 4 s) against fake engines "
         f"(bench/call_load_server.py, embedded SQLite), {WINDOW_S:.0f} s window after {SETTLE_S:.0f} s "
-        f"settling, on a {os.cpu_count()}-core machine"
+        f"settling, rounds {order} on one server; callers and dashboards in one load generator "
+        f"process on the same {os.cpu_count()}-core machine"
     )
     dash = (
-        f"{busy['dashboards_dropped']} of {DASHBOARDS} dropped; updates per dashboard "
-        f"{busy['updates_per_dashboard'][0]}-{busy['updates_per_dashboard'][1]} (turn updates "
-        f"{busy['turn_updates_per_dashboard'][0]}-{busy['turn_updates_per_dashboard'][1]})"
+        f"{busy['dropped']} of {DASHBOARDS} x {busy['rounds']} dropped; updates per dashboard "
+        f"{busy['updates'][0]}-{busy['updates'][1]} per round (turn updates {busy['turn_updates'][0]}"
+        f"-{busy['turn_updates'][1]}; of them replayed turns that started before the dashboard "
+        f"connected, per round {busy['replayed_rounds']})"
     )
     out: dict[str, Metric] = {}
-    for level in (base, busy):
-        n = level["dashboards"]
+    for c in (base, busy):
+        n = c["dashboards"]
         out[f"dashboard_{n}_server_cpu_s_per_s"] = metric(
-            cpu(level),
+            c["cpu_s_per_s"],
             "CPU s/s",
             "—",
-            f"server process CPU (user+sys) per wall second; {setup}; {describe(level)}",
+            f"server process CPU (user+sys, its getrusage) per wall second, mean of the rounds; {setup}; "
+            f"{describe(c)}",
         )
         out[f"dashboard_{n}_late_frames_per_call"] = metric(
-            per_call(level, "late_frames"),
+            c["late_frames"] / max(c["call_windows"], 1),
             "frames/call",
             "unchanged by dashboards (same as dashboard_0)",
-            f"server outbound frames handed to aiortc > 20 ms after their slot, per call over the window; "
-            f"{describe(level)}",
+            f"server outbound frames handed to aiortc > 20 ms after their slot, per call per "
+            f"{WINDOW_S:.0f} s window ({c['call_windows']} call windows); {describe(c)}",
         )
         out[f"dashboard_{n}_client_gaps_over_60ms_per_call"] = metric(
-            per_call(level, "client_gaps_over_60ms"),
+            c["client_gaps_over_60ms"] / max(c["call_windows"], 1),
             "gaps/call",
             "unchanged by dashboards (same as dashboard_0)",
-            f"holes > 60 ms between frames received by the callers, per call over the window; max gap "
-            f"{level['client_max_gap_ms']} ms",
+            f"holes > 60 ms between frames received by the callers, per call per {WINDOW_S:.0f} s window; "
+            f"max gap {c['client_max_gap_ms']} ms",
         )
     out[f"dashboard_{DASHBOARDS}_cpu_overhead_s_per_s"] = metric(
-        cpu(busy) - cpu(base),
+        busy["cpu_s_per_s"] - base["cpu_s_per_s"],
         "CPU s/s",
         "—",
-        f"server CPU with {DASHBOARDS} dashboards minus without (the feed reads the store every 0.5 s "
-        f"only while someone watches); {dash}",
+        f"server CPU with {DASHBOARDS} dashboards minus without (the node reads the store every 0.5 s "
+        f"only while someone watches, then sends each update to every dashboard); {dash}",
     )
     out[f"dashboard_{DASHBOARDS}_dropped_dashboards"] = metric(
-        busy["dashboards_dropped"], "dashboards", "0", f"{dash}; {', '.join(busy['dropped_why']) or 'none'}"
+        busy["dropped"], "dashboards", "0", f"{dash}; {', '.join(busy['dropped_why']) or 'none'}"
     )
     out[f"dashboard_{DASHBOARDS}_updates_per_dashboard"] = metric(
-        busy["updates_per_dashboard"][0],
+        busy["updates"][0],
         "updates",
         "every dashboard the same",
-        f"fewest LiveUpdates any of the {DASHBOARDS} dashboards received over the run (calls started, "
-        f"turns, calls ended); {dash}",
+        f"fewest LiveUpdates any dashboard received in a round (calls started, turns, calls ended; "
+        f"connected before the calls, closed 1.5 s after their hang-ups); {dash}",
+    )
+    out[f"dashboard_{DASHBOARDS}_replayed_turn_updates"] = metric(
+        busy["replayed"],
+        "updates",
+        "0 (a fresh feed sends no history)",
+        "most 'turn' LiveUpdates one dashboard received in a round for turns that started before it "
+        "connected, per round "
+        f"{busy['replayed_rounds']}: when the first dashboard connects, the node's feed re-reads up to "
+        "200 turn ids behind its starting point (LOOKBACK_IDS) and sends those it has not sent before "
+        "as new; the first 50-dashboard round follows a round nobody watched",
     )
     return out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,14 @@ from tests.e2e.conftest import FakeServer, write_wav
 from tests.transport.client import tone
 from voiceagent.auth.accounts import Role, create_user
 from voiceagent.config import REPO_ROOT
+from voiceagent.store import NewTurn, Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 PASSWORD = "correct horse battery"
 SHOTS = Path(os.environ.get("VA_ARTIFACTS_DIR", REPO_ROOT / ".run" / "test-artifacts")) / "admin"
 PROMPT = "Did your parcel arrive?"
+HOSTILE = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>\' OR 1=1 --'
 # Chromium logs every 4xx it is answered with; the refusals below are meant.
 EXPECTED_REFUSALS = (
     "Failed to load resource: the server responded with a status of",
@@ -198,6 +201,20 @@ async def test_viewers_cannot_send_and_password_guessing_is_stopped(
     )
     assert sent == ["viewer", 403, "needs the operator role, not viewer"]
     await _shot(viewer, "outreach-viewer")
+
+    # What callers say is shown as text: markup in a transcript or a user id never runs.
+    store = Store(database)
+    await store.touch_user("mallory")
+    call = await store.start_call("mallory", "node-x", call_id="hostile")
+    now = datetime.now(UTC)
+    await store.add_turn(call.id, NewTurn(started_at=now, user_text=HOSTILE, agent_text="<b>bold?</b>"))
+    await viewer.goto(f"{base}/admin#/calls/hostile")
+    await viewer.wait_for_selector('[data-testid="call-transcript"] [data-turn-index]')
+    shown = await viewer.locator('[data-testid="call-transcript"]').inner_text()
+    assert HOSTILE in shown and "<b>bold?</b>" in shown
+    await viewer.goto(f"{base}/admin#/calls?q=%3Cimg")
+    await viewer.wait_for_selector('[data-testid="calls-table"] [data-call-id="hostile"]')
+    assert await viewer.evaluate("() => window.__xss") is None
     assert problems == []
 
     guesser, _ = await _page(browser)

@@ -42,6 +42,13 @@ class FakeSocket:
         self.incoming.put_nowait({"type": "websocket.disconnect"})
 
 
+def _hub(**settings: Any) -> LiveHub:
+    """A hub whose feed is already following the store (tests/admin/test_queries_and_feed.py)."""
+    hub = LiveHub(AdminSettings(**settings), "here")
+    hub.following.set()
+    return hub
+
+
 def _updates(n: int) -> list[LiveUpdate]:
     return [LiveUpdate(type="resync", at=utcnow(), node_id=f"n{i}") for i in range(n)]
 
@@ -53,7 +60,7 @@ async def _until(condition: Any) -> None:
 
 
 async def test_a_slow_dashboard_is_dropped_and_the_others_get_everything() -> None:
-    hub = LiveHub(AdminSettings(client_queue=8, send_timeout_s=30), "here")
+    hub = _hub(client_queue=8, send_timeout_s=30)
     fast, slow = FakeSocket(), FakeSocket(stalled=True)
     serving = [asyncio.create_task(hub.serve(s, name)) for s, name in ((fast, "fast"), (slow, "slow"))]
     await _until(lambda: len(hub.dashboards) == 2 and fast.sent)
@@ -75,7 +82,7 @@ async def test_a_slow_dashboard_is_dropped_and_the_others_get_everything() -> No
 
 
 async def test_a_peer_that_stops_reading_is_dropped_after_the_send_timeout() -> None:
-    hub = LiveHub(AdminSettings(send_timeout_s=0.2), "here")
+    hub = _hub(send_timeout_s=0.2)
     dead = FakeSocket(stalled=True)
     serving = asyncio.create_task(hub.serve(dead, "dead"))
     await _until(lambda: dead.closed is not None)
@@ -84,7 +91,7 @@ async def test_a_peer_that_stops_reading_is_dropped_after_the_send_timeout() -> 
 
 
 async def test_a_flooding_client_is_cut_off_and_a_full_node_refuses() -> None:
-    hub = LiveHub(AdminSettings(max_client_messages_per_s=5, max_dashboards=1), "here")
+    hub = _hub(max_client_messages_per_s=5, max_dashboards=1)
     flooder = FakeSocket()
     serving = asyncio.create_task(hub.serve(flooder, "flooder"))
     await _until(lambda: hub.dashboards)
@@ -103,3 +110,19 @@ async def test_a_flooding_client_is_cut_off_and_a_full_node_refuses() -> None:
     big.incoming.put_nowait({"type": "websocket.receive", "text": "x" * 10_000})
     await serving
     assert big.closed is not None and big.closed[0] == FLOOD
+
+
+async def test_a_dashboard_is_accepted_only_once_the_feed_reads_from_now() -> None:
+    """The page reads the API when its socket opens: accepting before the feed has its starting
+    point would let a change fall between that read and the first update."""
+    hub = LiveHub(AdminSettings(), "here")
+    socket = FakeSocket()
+    serving = asyncio.create_task(hub.serve(socket, "early"))
+    await _until(hub.watched.is_set)  # the feed is asked to start...
+    await asyncio.sleep(0.2)
+    assert socket.application_state == WebSocketState.CONNECTING  # ...and the socket waits for it
+    hub.following.set()
+    await _until(lambda: socket.sent)
+    assert socket.sent[0]["type"] == "hello"
+    socket.incoming.put_nowait({"type": "websocket.disconnect"})
+    await serving

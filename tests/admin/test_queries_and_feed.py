@@ -144,7 +144,9 @@ async def test_the_feed_sends_each_change_once_from_whichever_node_wrote_it(data
     feed = ChangeFeed(database, queries, _hub(), poll_s=0.1)
     store, registry = Store(database), SessionRegistry(database, stale_after_s=30)
     await store.touch_user("cat")
-    await store.start_call("cat", "old-node", call_id="before")  # history: not sent
+    before = await store.start_call("cat", "old-node", call_id="before")  # history: not sent
+    await store.add_turn(before.id, _turn(datetime.now(UTC), "said before anyone watched"))
+    await DocumentStates(database).queued("old-doc", "v0", "api")
     await feed._baseline()
     assert await feed.collect() == []
 

@@ -19,10 +19,18 @@ def _piper_voice():  # type: ignore[no-untyped-def]
 
 
 @functools.cache
-def synthesize_speech(text: str, sample_rate: int = 16_000, pad_s: float = 0.3) -> bytes:
-    """``text`` spoken as int16 mono PCM at ``sample_rate``, with ``pad_s`` of silence each side."""
+def synthesize_speech(
+    text: str, sample_rate: int = 16_000, pad_s: float = 0.3, noiseless: bool = False
+) -> bytes:
+    """``text`` spoken as int16 mono PCM at ``sample_rate``, with ``pad_s`` of silence each side.
+    ``noiseless``: the same audio every time. Piper's VITS draws noise for each synthesis (its
+    ONNX random ops), which moves a borderline model score (Smart Turn on "I was wondering if":
+    0.05-0.26 across syntheses, once 0.56 in a loaded full run)."""
+    from piper import SynthesisConfig
+
     voice = _piper_voice()
-    parts = [chunk.audio_float_array for chunk in voice.synthesize(text)]
+    steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0) if noiseless else None
+    parts = [chunk.audio_float_array for chunk in voice.synthesize(text, syn_config=steady)]
     audio = resample(np.concatenate(parts), voice.config.sample_rate, sample_rate)
     pad = np.zeros(int(pad_s * sample_rate), dtype=np.float32)
     return float_to_pcm16(np.concatenate([pad, audio, pad]))

@@ -59,14 +59,14 @@ def model() -> Iterator[SmartTurn]:
 @pytest.mark.models
 def test_model_hears_a_finished_question_as_complete(model: SmartTurn) -> None:
     assert isinstance(model, TurnModel)
-    pcm = LEAD + synthesize_speech("Do you have any vegetarian dishes?", pad_s=0.0) + TAIL
+    pcm = LEAD + synthesize_speech("Do you have any vegetarian dishes?", pad_s=0.0, noiseless=True) + TAIL
     assert model.probability(pcm) >= model.threshold
 
 
 @pytest.mark.models
 @pytest.mark.parametrize("fragment", ["I was wondering if", "So, um,", "Because my"])
 def test_model_hears_a_hesitation_as_incomplete(model: SmartTurn, fragment: str) -> None:
-    pcm = LEAD + synthesize_speech(fragment, pad_s=0.0) + TAIL
+    pcm = LEAD + synthesize_speech(fragment, pad_s=0.0, noiseless=True) + TAIL
     assert model.probability(pcm) < model.threshold
 
 

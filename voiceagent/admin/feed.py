@@ -89,6 +89,13 @@ class ChangeFeed:
             log.warning("admin feed: store unreadable: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(self.poll_s)
             return
+        self.hub.following.set()
+        try:
+            await self._read_while_watched(stop)
+        finally:
+            self.hub.following.clear()
+
+    async def _read_while_watched(self, stop: asyncio.Event) -> None:
         failing = False
         while self.hub.watched.is_set() and not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -104,9 +111,11 @@ class ChangeFeed:
                 failing = True
 
     async def _baseline(self) -> None:
+        """Start from now: what the lookbacks would re-read is marked seen, not sent."""
         self._live = await self.queries.live_calls()
         self._turn_floor, self._stage_floor = await self.queries.max_ids()
         self._since = utcnow()
+        await self.collect()
 
     async def collect(self) -> list[LiveUpdate]:
         """What changed since the last read, oldest first."""

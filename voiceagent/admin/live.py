@@ -27,6 +27,7 @@ TOO_SLOW = 4000  # dropped: reconnect and resync
 FULL = 1013  # try again later: this node has max_dashboards already
 FLOOD = 1008  # policy violation: too many or too large messages
 MAX_CLIENT_MESSAGE = 4096
+FOLLOW_WAIT_S = 5.0
 
 
 class Dashboard:
@@ -59,6 +60,9 @@ class LiveHub:
         self.node_id = node_id
         self.dashboards: set[Dashboard] = set()
         self.watched = asyncio.Event()  # set while at least one dashboard is connected
+        # Set by the feed once it reads from "now": a dashboard is accepted only then, so what it
+        # reads from the API on open and what the feed sends afterwards leave no gap between them.
+        self.following = asyncio.Event()
         self.published = 0
         self.drops = 0
 
@@ -75,10 +79,17 @@ class LiveHub:
         if len(self.dashboards) >= self.settings.max_dashboards:
             await websocket.close(FULL, "too many dashboards on this node")
             return
-        await websocket.accept()
         dashboard = Dashboard(websocket, who, self.settings.client_queue)
         self.dashboards.add(dashboard)
         self.watched.set()
+        with contextlib.suppress(TimeoutError):  # a store that is down: accepted anyway, updates later
+            async with asyncio.timeout(FOLLOW_WAIT_S):
+                await self.following.wait()
+        try:
+            await websocket.accept()
+        except BaseException:
+            self._leave(dashboard)
+            raise
         hello = LiveUpdate(type="hello", at=utcnow(), node_id=self.node_id)
         dashboard.offer(hello.model_dump_json(exclude_none=True))
         sender = asyncio.create_task(self._send(dashboard), name=f"dashboard-send-{who}")
@@ -90,10 +101,13 @@ class LiveHub:
             for task in (sender, receiver, gone):
                 task.cancel()
             await asyncio.gather(sender, receiver, gone, return_exceptions=True)
-            self.dashboards.discard(dashboard)
-            if not self.dashboards:
-                self.watched.clear()
+            self._leave(dashboard)
             await self._close(dashboard)
+
+    def _leave(self, dashboard: Dashboard) -> None:
+        self.dashboards.discard(dashboard)
+        if not self.dashboards:
+            self.watched.clear()
 
     async def _send(self, dashboard: Dashboard) -> None:
         while True:
