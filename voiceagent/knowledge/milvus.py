@@ -307,11 +307,36 @@ def _fuse(dense: list[dict[str, Any]], sparse: list[dict[str, Any]], limit: int)
     return [{**hits[pk], "distance": score(pk)} for pk in best]
 
 
+class _UnimplementedByMilvusLite(logging.Filter):
+    """pymilvus 3 asks the embedded Milvus Lite for a timestamp it does not serve, falls back by
+    itself, and the in-process gRPC server logs each refusal as an ERROR with a traceback: noise
+    that reads like a failure at every start. Only that refusal is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, NotImplementedError) and "AllocTimestamp" in _last_frame(record))
+
+
+def _last_frame(record: logging.LogRecord) -> str:
+    traceback = record.exc_info[2] if record.exc_info else None
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return traceback.tb_frame.f_code.co_name if traceback is not None else ""
+
+
+def _quiet_milvus_lite() -> None:
+    grpc_server = logging.getLogger("grpc._server")
+    if not any(isinstance(f, _UnimplementedByMilvusLite) for f in grpc_server.filters):
+        grpc_server.addFilter(_UnimplementedByMilvusLite())
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which CPU build it tried, at INFO
+
+
 def _connect(settings: MilvusSettings, dimensions: int) -> tuple[Any, bool]:
     """The client, with the collection created if it is missing (and checked if it is not), and
     whether the server is Milvus Lite."""
     from pymilvus import DataType, Function, FunctionType, MilvusClient
 
+    _quiet_milvus_lite()
     uri = settings.uri
     if "://" not in uri:
         Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
