@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -174,6 +176,26 @@ async def test_nodes_migrating_at_once_take_turns(store_url: str) -> None:
     finally:
         for db in nodes:
             await db.close()
+
+
+async def test_a_node_waits_out_another_opener_locking_the_file_at_start(sqlite_url: str) -> None:
+    """The journal-mode switch skips SQLite's busy handler, so a lock held by another process (a
+    node migrating, a backup) must be waited out, not fail the start. The lock outlasts the 2.5 s
+    an earlier version waited, which failed CI on a loaded machine."""
+    path = sqlite_url.split("///", 1)[1]
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # rollback-journal mode: others read, none can switch it
+    released = threading.Timer(3.0, holder.rollback)
+    released.start()
+    database = Database(StoreSettings(url=sqlite_url))
+    try:
+        await database.migrate()
+        assert await database.current_revision() == Database.head_revision()
+        assert not released.is_alive()  # it really waited for the holder
+    finally:
+        released.cancel()
+        holder.close()
+        await database.close()
 
 
 async def test_a_turn_keeps_its_fault_initiator_and_event(store: Store) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from voiceagent.config import StoreSettings
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any fixed 64-bit key: nodes sharing one PostgreSQL take turns migrating it.
 _MIGRATION_LOCK_KEY = 0x766F696365  # "voice"
+
+
+_WAL_SWITCH_WAIT_S = 30.0  # only a stuck lock holder outlasts this
 
 
 class StoreUnavailable(RuntimeError):
@@ -99,25 +103,33 @@ class Database:
 
     async def _ensure_wal(self) -> None:
         """WAL lets the dashboard read while a call writes. It is a property of the file, set once;
-        the switch does not wait on SQLite's busy handler, so another opener holding a lock is
-        retried here rather than failing the start."""
+        the switch does not wait on SQLite's busy handler, so another opener holding a lock (a
+        node migrating beside this one) is waited out here rather than failing the start. The
+        PRAGMA goes straight to the driver, whose error is sqlite3's, not SQLAlchemy's (missing
+        that made the wait a no-op). Each retry opens a fresh connection: one opened before
+        another node switched the file still reports the old mode."""
         if self.dialect != "sqlite" or self._wal_checked:
             return
-        for attempt in range(50):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(self.settings.connect_timeout_s, _WAL_SWITCH_WAIT_S)
+        while True:
+            conn = await self.engine.connect()
             try:
-                async with self.engine.connect() as conn:
-                    # Straight to the driver: SQLAlchemy would wrap the PRAGMA in BEGIN IMMEDIATE,
-                    # and the journal mode cannot change inside a transaction.
-                    raw: Any = (await conn.get_raw_connection()).driver_connection
-                    async with raw.execute("PRAGMA journal_mode") as cursor:
-                        row = await cursor.fetchone()
-                    if str(row[0]).lower() not in ("wal", "memory"):
-                        await raw.execute("PRAGMA journal_mode=WAL")
+                # Straight to the driver: SQLAlchemy would wrap the PRAGMA in BEGIN IMMEDIATE,
+                # and the journal mode cannot change inside a transaction.
+                raw: Any = (await conn.get_raw_connection()).driver_connection
+                async with raw.execute("PRAGMA journal_mode") as cursor:
+                    row = await cursor.fetchone()
+                if str(row[0]).lower() not in ("wal", "memory"):
+                    await raw.execute("PRAGMA journal_mode=WAL")
                 break
-            except OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 49:
+            except (OperationalError, sqlite3.OperationalError) as exc:  # pool's, or the driver's
+                await conn.invalidate()
+                if "locked" not in str(exc) or loop.time() >= deadline:
                     raise
-                await asyncio.sleep(0.05)
+            finally:
+                await conn.close()
+            await asyncio.sleep(0.05)
         self._wal_checked = True
 
     async def migrate(self, revision: str = "head") -> None:
