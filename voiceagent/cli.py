@@ -1,4 +1,5 @@
-"""The ``voiceagent`` command: serve, inspect configuration, manage the database schema."""
+"""The ``voiceagent`` command: serve, inspect configuration, manage the database schema, run the
+workers (jobs, knowledge ingestion, outreach scheduling)."""
 
 from __future__ import annotations
 
@@ -112,6 +113,17 @@ def _parser() -> argparse.ArgumentParser:
         help="run the knowledge ingestion workers and sources (folder, tables) until stopped",
     )
     ingest.set_defaults(handler=_cmd_ingest)
+
+    worker = commands.add_parser(
+        "worker",
+        parents=[common],
+        help="run queued jobs (synthesize, transcribe, summarize_call) until stopped",
+    )
+    worker.add_argument("--kinds", metavar="A,B", help="the kinds to run (default: jobs.worker.kinds)")
+    worker.add_argument(
+        "--concurrency", type=int, metavar="N", help="jobs at once (default: jobs.worker.concurrency)"
+    )
+    worker.set_defaults(handler=_cmd_worker)
 
     broker = commands.add_parser("broker", help="a local Apache RocketMQ 5 for development and tests")
     broker_commands = broker.add_subparsers(title="broker commands", metavar="ACTION", required=True)
@@ -355,6 +367,50 @@ def _cmd_ingest(settings: Settings, _: argparse.Namespace) -> int:
 
     asyncio.run(go())
     log.info("knowledge ingestion stopped")
+    return EXIT_OK
+
+
+def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Jobs from the RocketMQ jobs topic (events.backend rocketmq), or from the store's queue
+    beside an embedded node (inprocess: the node and its workers share the SQLite file)."""
+    from voiceagent.jobs.priority import apply_priority
+    from voiceagent.jobs.queue import queue_kind
+    from voiceagent.jobs.registry import KindRegistry
+    from voiceagent.jobs.worker import NoKindLoaded, UnknownKinds, create_worker, kind_classes
+
+    worker = settings.jobs.worker
+    if args.kinds is not None:
+        worker = worker.model_copy(update={"kinds": [k.strip() for k in args.kinds.split(",") if k.strip()]})
+    if args.concurrency is not None:
+        if args.concurrency < 1:
+            print("voiceagent: error: --concurrency must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
+        worker = worker.model_copy(update={"concurrency": args.concurrency})
+    settings = settings.model_copy(update={"jobs": settings.jobs.model_copy(update={"worker": worker})})
+    try:
+        if not worker.kinds:
+            raise UnknownKinds("no job kinds to run: name some with --kinds or jobs.worker.kinds")
+        kind_classes(KindRegistry(settings.jobs.extra_kinds), worker.kinds)
+        queue_kind(settings.jobs, settings.events.backend)
+    except (ImportError, ValueError) as exc:  # an unknown kind, a bad extra_kinds entry, queue vs backend
+        print(f"voiceagent: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    priority = apply_priority(worker)  # first: threads started from here on inherit it
+    stop = asyncio.Event()
+
+    async def go() -> None:
+        from voiceagent.events import EventBus
+
+        async with _worker_services(settings, stop) as (database, transport):
+            bus = EventBus(transport, settings.events)
+            await create_worker(settings, database, bus, priority=priority).run(stop)
+
+    try:
+        asyncio.run(go())
+    except NoKindLoaded as exc:
+        print(f"voiceagent: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    log.info("worker stopped")
     return EXIT_OK
 
 

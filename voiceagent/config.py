@@ -30,6 +30,7 @@ from pydantic import (
 from voiceagent.admin.settings import AdminSettings
 from voiceagent.auth.settings import SecuritySettings
 from voiceagent.engines.settings import EngineSettings
+from voiceagent.jobs.settings import JobsSettings
 from voiceagent.knowledge.settings import KnowledgeSettings
 from voiceagent.pipeline.settings import ConversationSettings
 from voiceagent.transport.settings import TransportSettings
@@ -110,10 +111,11 @@ def _default_topics() -> dict[str, TopicSettings]:
         "outreach": TopicSettings(name="voiceagent-outreach", message_type="MIXED"),
         "knowledge": TopicSettings(name="voiceagent-knowledge", message_type="NORMAL"),
         "dead_letter": TopicSettings(name="voiceagent-dead-letter", message_type="NORMAL"),
+        "jobs": TopicSettings(name="voiceagent-jobs", message_type="MIXED"),
     }
 
 
-REQUIRED_TOPICS = ("outreach", "knowledge", "dead_letter")
+REQUIRED_TOPICS = ("outreach", "knowledge", "dead_letter", "jobs")
 
 
 class EventSettings(_Section):
@@ -256,6 +258,7 @@ class Settings(_Section):
     knowledge: KnowledgeSettings = KnowledgeSettings()
     security: SecuritySettings = SecuritySettings()
     admin: AdminSettings = AdminSettings()
+    jobs: JobsSettings = JobsSettings()
 
 
 Layer = tuple[str, Mapping[str, Any]]

@@ -22,6 +22,7 @@ from voiceagent.config import Settings
 from voiceagent.engines.registry import Engines
 from voiceagent.events import EventBus
 from voiceagent.events.factory import create_transport
+from voiceagent.jobs.node import JobsNode
 from voiceagent.knowledge.node import KnowledgeNode
 from voiceagent.observability.metrics import Metrics
 from voiceagent.observability.readiness import Readiness
@@ -54,6 +55,10 @@ class Runtime:
         self.engines = Engines(settings, self.metrics)
         self._engines_loading: asyncio.Task[None] | None = None
         self.knowledge = KnowledgeNode(settings.knowledge, bus=self.events, database=self.database)
+        try:
+            self.jobs = JobsNode(settings, database=self.database, bus=self.events)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         self.calls = CallManager(
             gateway=WebRTCGateway(settings.transport),
             engines=self.engines,
@@ -62,6 +67,7 @@ class Runtime:
             settings=settings.conversation,
             node_id=settings.node_id,
             knowledge=self.knowledge.retriever if settings.knowledge.enabled else None,
+            on_call_ended=self.jobs.call_ended,
         )
         self.outreach = OutreachNode(
             calls=self.calls,

@@ -13,6 +13,7 @@ from voiceagent.auth.accounts import Role, check_login
 from voiceagent.auth.guard import AdminAuth, Principal, client_address
 from voiceagent.auth.passwords import MAX_PASSWORD_LENGTH, dummy_hash
 from voiceagent.auth.sessions import SESSION_COOKIE, open_session, revoke_session
+from voiceagent.server.bodies import BodyTooLarge, read_limited
 from voiceagent.server.errors import parse_json_body
 from voiceagent.store.records import UtcDatetime
 
@@ -46,18 +47,14 @@ class SessionInfo(BaseModel):
 async def _read_login(request: Request) -> LoginRequest:
     """The credentials, read no further than the size limit. JSON only: a cross-site HTML form
     cannot send ``application/json``, so it cannot log a victim into the attacker's account."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_LOGIN_BYTES:
-        raise HTTPException(413, f"login request larger than {MAX_LOGIN_BYTES} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_LOGIN_BYTES:
-            raise HTTPException(413, f"login request larger than {MAX_LOGIN_BYTES} bytes")
+    try:
+        body = await read_limited(request, MAX_LOGIN_BYTES)
+    except BodyTooLarge:
+        raise HTTPException(413, f"login request larger than {MAX_LOGIN_BYTES} bytes") from None
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json":
         raise HTTPException(415, "send the login as application/json")
-    return parse_json_body(LoginRequest, bytes(body), "login request")
+    return parse_json_body(LoginRequest, body, "login request")
 
 
 def session_router(auth: AdminAuth) -> APIRouter:

@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, get_args
@@ -50,9 +51,13 @@ TURN_WRITE_BACKOFF_S = 0.5
 # node collects. The runtime freezes everything loaded at start-up, which keeps this cheap.
 RECLAIM_AFTER_S = 3.0
 RECLAIM_EVERY_S = 30.0  # at most this often: each collection holds up the event loop (gc_seconds)
+FOLLOW_UP_WAIT_S = 5.0  # at shutdown, how long the ended calls' hooks may still run
 # How a call's user id is known: inside a token the host app signed, claimed by the page (believed
 # only where security.callers.allow_unsigned), or made up here for a caller who gave none.
 Identity = Literal["signed", "claimed", "anonymous"]
+# Told (call id, the caller's turns) once a call's end is stored, e.g. to queue its summary. The
+# calls layer knows nothing of what it does: it runs in a task of its own after the hang-up.
+CallEnded = Callable[[str, int], Awaitable[None]]
 
 
 class EnginesLoading(RuntimeError):
@@ -94,6 +99,7 @@ class CallStats:
     """Running totals for one call: bounded, however long the call lasts."""
 
     turns: int = 0
+    user_turns: int = 0  # turns in which the caller said something (not agent prompts)
     answered_turns: int = 0
     barge_ins: int = 0
     faults: int = 0
@@ -132,6 +138,7 @@ class CallSession:
         self.stats = CallStats()
         self.recent_events: deque[ConversationEvent] = deque(maxlen=RECENT_EVENTS)
         self.recorded = False  # the call row exists: its turns can be stored
+        self.end_recorded = False  # ...and its end is stored too
         self.agent = Agent(engines.llm, settings, knowledge=knowledge)
         self.conversation = Conversation(
             vad=engines.vad,
@@ -194,6 +201,7 @@ class CallSession:
             return
         try:
             await self.store.end_call(self.id, reason)
+            self.end_recorded = True
         except Exception as exc:
             log.warning(
                 "call %s: its end (%s) is not stored: %s: %s", self.id, reason, type(exc).__name__, exc
@@ -220,6 +228,7 @@ class CallSession:
 
     def _count_turn(self, turn: TurnCompleted) -> None:
         self.stats.turns += 1
+        self.stats.user_turns += turn.initiator == "user" and bool(turn.user_text.strip())
         self.stats.answered_turns += bool(turn.agent_text.strip())
         if turn.metrics.voice_to_voice_s is not None:
             self.stats.voice_to_voice_s.append(turn.metrics.voice_to_voice_s)
@@ -279,8 +288,10 @@ class CallManager:
         settings: ConversationSettings,
         node_id: str,
         knowledge: KnowledgeLookup | None = None,
+        on_call_ended: CallEnded | None = None,
     ) -> None:
         self.gateway = gateway
+        self.on_call_ended = on_call_ended
         self.knowledge = knowledge  # what every call's agent may consult (None: no knowledge base)
         self.listeners: list[CallListener] = []
         self.engines = engines
@@ -290,6 +301,7 @@ class CallManager:
         self.node_id = node_id
         self.sessions: dict[str, CallSession] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._follow_ups: set[asyncio.Task[None]] = set()  # on_call_ended, running
         self._reclaim: asyncio.TimerHandle | None = None
         self._reclaimed_at = -RECLAIM_EVERY_S  # loop time of the last collection
         # Every series at 0 from the start, so "never happened" reads as 0, not as no data.
@@ -332,13 +344,29 @@ class CallManager:
         self.sessions[session.id] = session
         task = asyncio.create_task(session.run(), name=f"call-{session.id}")
         self._tasks[session.id] = task
-        task.add_done_callback(lambda _: self._forget(session.id))
+        task.add_done_callback(lambda _: self._ended(session))
         return session, answer
 
     def session_of_user(self, user_id: str) -> CallSession | None:
         """This node's live call with ``user_id`` (the newest, if they have several)."""
         mine = [s for s in self.sessions.values() if s.user_id == user_id]
         return max(mine, key=lambda s: s.started_at) if mine else None
+
+    def _ended(self, session: CallSession) -> None:
+        self._forget(session.id)
+        if self.on_call_ended is not None and session.end_recorded:
+            follow_up = asyncio.create_task(
+                self._follow_up(self.on_call_ended, session.id, session.stats.user_turns),
+                name=f"call-ended-{session.id}",
+            )
+            self._follow_ups.add(follow_up)
+            follow_up.add_done_callback(self._follow_ups.discard)
+
+    async def _follow_up(self, hook: CallEnded, call_id: str, user_turns: int) -> None:
+        try:
+            await hook(call_id, user_turns)
+        except Exception:  # the hook's bug is not the call's (it has ended anyway)
+            log.exception("call %s: the call-ended hook failed", call_id)
 
     def _forget(self, call_id: str) -> None:
         self.sessions.pop(call_id, None)
@@ -370,6 +398,8 @@ class CallManager:
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self.hang_up(call_id, "server-shutdown") for call_id in list(self.sessions)))
+        if self._follow_ups:  # before the store they write to closes
+            await asyncio.wait(list(self._follow_ups), timeout=FOLLOW_UP_WAIT_S)
         await self.gateway.close_all()
         if self._reclaim is not None:
             self._reclaim.cancel()

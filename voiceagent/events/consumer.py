@@ -122,13 +122,13 @@ class EventConsumer:
                 task.add_done_callback(self._in_flight.discard)
 
     async def _handle(self, delivery: Delivery) -> None:
-        lease = _Lease(self.subscription, delivery, self.invisible_s)
+        lease = MessageLease(self.subscription, delivery, self.invisible_s)
         try:
             await self._settle(delivery, lease)
         finally:
             await lease.stop()
 
-    async def _settle(self, delivery: Delivery, lease: _Lease) -> None:
+    async def _settle(self, delivery: Delivery, lease: MessageLease) -> None:
         key = delivery.event.idempotency_key
         try:
             if self.dedup is not None and self.dedup.is_duplicate(key):
@@ -173,7 +173,7 @@ class EventConsumer:
             log.warning("could not settle message %s: %s", delivery.message.message_id, exc)
 
 
-class _Lease:
+class MessageLease:
     """Keeps one message invisible while its handler runs: extended every ``invisible_s / 3``.
 
     It is stopped before the message is acked or dead-lettered, *waiting* for an extension

@@ -59,6 +59,13 @@ class KnowledgeChangedPayload(_Model):
     checksum: str = Field("", max_length=128)
 
 
+class JobQueuedPayload(_Model):
+    """A wake-up for the workers of one kind: the job itself (and its state) is in the store."""
+
+    job_id: str = Field(min_length=1, max_length=32)
+    kind: str = Field(min_length=1, max_length=64)
+
+
 class _Envelope(_Model):
     schema_version: Literal[1] = SCHEMA_VERSION
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)
@@ -87,9 +94,15 @@ class KnowledgeChangedEvent(_Envelope):
     payload: KnowledgeChangedPayload
 
 
-Event = Annotated[GreetEvent | AskEvent | KnowledgeChangedEvent, Field(discriminator="type")]
-EVENT_TYPES: tuple[str, ...] = ("outreach.greet", "outreach.ask", "knowledge.changed")
-_EVENT = TypeAdapter[GreetEvent | AskEvent | KnowledgeChangedEvent](Event)
+class JobQueuedEvent(_Envelope):
+    type: Literal["job.queued"] = "job.queued"
+    payload: JobQueuedPayload
+
+
+AnyEvent = GreetEvent | AskEvent | KnowledgeChangedEvent | JobQueuedEvent
+Event = Annotated[AnyEvent, Field(discriminator="type")]
+EVENT_TYPES: tuple[str, ...] = ("outreach.greet", "outreach.ask", "knowledge.changed", "job.queued")
+_EVENT = TypeAdapter[AnyEvent](Event)
 
 
 class EventRejected(ValueError):
@@ -101,14 +114,14 @@ class EventRejected(ValueError):
         self.detail = detail
 
 
-def encode(event: GreetEvent | AskEvent | KnowledgeChangedEvent) -> bytes:
+def encode(event: AnyEvent) -> bytes:
     body = event.model_dump_json().encode()
     if len(body) > MAX_BODY_BYTES:
         raise EventRejected("oversized", f"{len(body)} bytes > {MAX_BODY_BYTES}")
     return body
 
 
-def decode(body: bytes, now: datetime | None = None) -> GreetEvent | AskEvent | KnowledgeChangedEvent:
+def decode(body: bytes, now: datetime | None = None) -> AnyEvent:
     """Validate a message body; raise EventRejected with the first reason it cannot be used."""
     if len(body) > MAX_BODY_BYTES:
         raise EventRejected("oversized", f"{len(body)} bytes > {MAX_BODY_BYTES}")

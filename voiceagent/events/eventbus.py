@@ -26,19 +26,17 @@ from voiceagent.events.bus import (
     OutgoingMessage,
     ReceivedMessage,
 )
-from voiceagent.events.envelope import (
-    AskEvent,
-    EventRejected,
-    GreetEvent,
-    KnowledgeChangedEvent,
-    decode,
-    encode,
-)
+from voiceagent.events.envelope import AnyEvent as AnyEvent
+from voiceagent.events.envelope import EventRejected, decode, encode
 
 log = logging.getLogger(__name__)
 
-AnyEvent = GreetEvent | AskEvent | KnowledgeChangedEvent
-TOPIC_OF_TYPE = {"outreach.greet": "outreach", "outreach.ask": "outreach", "knowledge.changed": "knowledge"}
+TOPIC_OF_TYPE = {
+    "outreach.greet": "outreach",
+    "outreach.ask": "outreach",
+    "knowledge.changed": "knowledge",
+    "job.queued": "jobs",
+}
 T = TypeVar("T")
 
 # Properties set on dead letters, so an operator can see why and where from.

@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from voiceagent import __version__
 from voiceagent.admin.api import AdminServices, admin_router
+from voiceagent.jobs.api import jobs_router
 from voiceagent.knowledge.sources.api import knowledge_router
 from voiceagent.observability.metrics import CONTENT_TYPE
 from voiceagent.observability.readiness import ReadinessReport
@@ -68,6 +69,8 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
             hub=runtime.admin.hub,
         )
         app.include_router(admin_router(runtime.auth, services, guard))
+    if runtime.settings.jobs.enabled:
+        app.include_router(jobs_router(runtime.jobs.service, guard))  # the API guarded, the page not
     if WEB_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
@@ -106,8 +109,8 @@ async def _security_headers(
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     path = request.url.path
-    if path.startswith("/api/admin"):
+    if path.startswith(("/api/admin", "/api/jobs")):
         response.headers["Cache-Control"] = "no-store"
-    elif path.startswith("/static/admin/"):
+    elif path.startswith(("/static/admin/", "/static/jobs/")):
         response.headers["Cache-Control"] = "no-cache"  # revalidated (ETag): never old code after a deploy
     return response

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from voiceagent.auth.callers import MAX_TOKEN_CHARS, CallerVerifier, IdentityRefused
 from voiceagent.calls.session import EnginesLoading, Identity
+from voiceagent.server.bodies import BodyTooLarge, read_limited
 from voiceagent.server.errors import parse_json_body
 
 if TYPE_CHECKING:
@@ -91,12 +92,10 @@ def calls_router(
         },
     )
     async def start_call(request: Request) -> AnswerResponse:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_offer_bytes:
-            raise HTTPException(413, f"offer larger than {max_offer_bytes} bytes")
-        body = await request.body()
-        if len(body) > max_offer_bytes:
-            raise HTTPException(413, f"offer larger than {max_offer_bytes} bytes")
+        try:
+            body = await read_limited(request, max_offer_bytes)
+        except BodyTooLarge:
+            raise HTTPException(413, f"offer larger than {max_offer_bytes} bytes") from None
         offer = parse_json_body(OfferRequest, body, "offer request")
         user_id, identity = caller_of(offer, verifier)
         from voiceagent.transport.webrtc import SignalingError

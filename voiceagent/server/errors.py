@@ -6,6 +6,7 @@ names our class, not the client's field. Here each error is ``<field>: <why>``, 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from fastapi import HTTPException
@@ -33,8 +34,14 @@ def _json_kind(value: Any) -> str:
 def describe_validation_error(exc: ValidationError, root: str = "body") -> str:
     """Every error as ``field: why``, joined by "; " (e.g. ``sdp: Field required``); an error
     about the whole input is reported against ``root``."""
+    return describe_errors(exc.errors(include_url=False), root)
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]], root: str = "body") -> str:
+    """As :func:`describe_validation_error`, for pydantic's error dicts however obtained (e.g.
+    FastAPI's RequestValidationError on query parameters)."""
     parts = []
-    for error in exc.errors(include_url=False):
+    for error in errors:
         why = str(error["msg"])
         if error["type"] in ("model_type", "dict_type"):
             why = f"{why.removesuffix('.')}, got {_json_kind(error.get('input'))}"

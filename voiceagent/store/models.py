@@ -338,3 +338,78 @@ class AuditLogEntry(Base):
     target: Mapped[str | None] = mapped_column(String(256))
     detail: Mapped[str | None] = mapped_column(String(500))
     address: Mapped[str | None] = mapped_column(String(64))
+
+
+class Job(Base):
+    """One asynchronous job. The store, not the broker, is the truth: a message only wakes a
+    worker, which must *claim* the job here (a conditional update) before running it, so a
+    redelivered or duplicated message never runs a job twice, and a worker's lease that lapses
+    (killed) lets another claim it."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_status_kind", "status", "kind", "not_before"),
+        Index("ix_jobs_expires_at", "expires_at"),
+        Index("ix_jobs_created_at", "created_at"),
+        UniqueConstraint("dedupe_key", name="uq_jobs_dedupe_key"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    # receiving (upload streaming in; not yet visible) | queued | running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    input_name: Mapped[str | None] = mapped_column(String(255))
+    input_type: Mapped[str | None] = mapped_column(String(128))
+    input_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
+    progress_note: Mapped[str | None] = mapped_column(String(200))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # small JSON summary of the outcome
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # [{name, media_type, bytes}]
+    result_owner: Mapped[str | None] = mapped_column(String(32))  # the claim whose files are the result
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    claim: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    submitted_by: Mapped[str | None] = mapped_column(String(128))
+    dedupe_key: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobBlob(Base):
+    """A job's files (the upload, the results) in chunks, so any worker on any machine that
+    reaches the store reads and writes them, and a download streams without loading a file.
+    ``owner`` is "input" or the claim that wrote it: a claim that lost its lease leaves orphans,
+    never a mix of two runs' files."""
+
+    __tablename__ = "job_blobs"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CallSummary(Base):
+    """What a finished call was about (the summarize_call job): for the dashboard and the intent
+    analysis."""
+
+    __tablename__ = "call_summaries"
+
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    summary: Mapped[str] = mapped_column(Text)
+    # [{intent, confidence, evidence: [turn ids]}]
+    intents: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    model: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -14,6 +14,7 @@ def _as_utc(moment: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+as_utc = _as_utc
 
 
 class _Record(BaseModel):

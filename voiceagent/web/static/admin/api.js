@@ -1,7 +1,9 @@
-// Talking to /api/admin: the session's CSRF token (in memory only), errors as ApiError, and any
-// 401 sends the user to the login page, coming back to the same view afterwards.
+// Talking to /api/admin (and the other guarded APIs the signed-in pages use, e.g. /api/jobs): the
+// session's CSRF token (in memory only), errors as ApiError, and any 401 sends the user to the
+// login page, coming back to the same view afterwards.
 
-export const RETURN_KEY = "voiceagent.admin.return"; // sessionStorage: the hash to come back to
+// sessionStorage: where to come back to, a dashboard hash ("#/calls") or another page ("/jobs")
+export const RETURN_KEY = "voiceagent.admin.return";
 const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 
 let session = null; // {username, role, csrf_token, expires_at}
@@ -21,11 +23,12 @@ function setSession(next) {
 }
 
 export class ApiError extends Error {
-  constructor(status, detail, retryAfter) {
+  constructor(status, detail, retryAfter, body) {
     super(detail || `HTTP ${status}`);
     this.status = status;
     this.detail = detail || `HTTP ${status}`;
     this.retryAfter = retryAfter;
+    this.body = body; // the parsed answer (e.g. a JobProblem's error and job_id)
   }
 }
 
@@ -38,7 +41,9 @@ export function toLogin() {
   if (!leaving) {
     leaving = true;
     try {
-      if (location.hash && location.hash !== "#") sessionStorage.setItem(RETURN_KEY, location.hash);
+      const dashboard = location.pathname.startsWith("/admin");
+      const back = dashboard ? (location.hash !== "#" ? location.hash : "") : location.pathname;
+      if (back) sessionStorage.setItem(RETURN_KEY, back);
     } catch {
       // storage refused (private mode): come back to the overview instead
     }
@@ -68,17 +73,19 @@ function url(path, query) {
     if (v !== undefined && v !== null && v !== "") params.set(k, String(v));
   }
   const qs = params.toString();
-  return `/api/admin${path}${qs ? `?${qs}` : ""}`;
+  const base = path.startsWith("/api/") ? path : `/api/admin${path}`; // another API: a full path
+  return `${base}${qs ? `?${qs}` : ""}`;
 }
 
 async function send(method, path, { query, body, signal } = {}) {
   const headers = { Accept: "application/json" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const form = body instanceof FormData; // multipart: the browser sets the type and boundary
+  if (body !== undefined && !form) headers["Content-Type"] = "application/json";
   if (UNSAFE.has(method) && session?.csrf_token) headers["X-CSRF-Token"] = session.csrf_token;
   return fetch(url(path, query), {
     method,
     headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
+    body: body === undefined || form ? body : JSON.stringify(body),
     credentials: "same-origin",
     cache: "no-store",
     signal,
@@ -111,7 +118,7 @@ export async function api(method, path, options = {}) {
   }
   if (res.status === 401) throw toLogin();
   const body = await parse(res);
-  if (!res.ok) throw new ApiError(res.status, detailText(body, res.status), res.headers.get("Retry-After"));
+  if (!res.ok) throw new ApiError(res.status, detailText(body, res.status), res.headers.get("Retry-After"), body);
   return body;
 }
 

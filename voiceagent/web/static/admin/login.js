@@ -1,7 +1,10 @@
 // The login form: POST /api/admin/session, then back to the dashboard view the user came from
-// (its hash was kept in sessionStorage by admin.js; never put in the URL).
+// (its hash was kept in sessionStorage by api.js; never put in the URL), or to another signed-in
+// page of this server that sent the user here.
 
 import { detailText, RETURN_KEY } from "./api.js";
+
+const PAGES = new Set(["/jobs"]); // the signed-in pages besides the dashboard
 
 const form = document.getElementById("login-form");
 const error = document.getElementById("login-error");
@@ -20,6 +23,7 @@ function destination() {
   } catch {
     // no storage: the overview
   }
+  if (PAGES.has(hash)) return hash;
   // Only a dashboard route of our own: "#/…" with no way to leave the page.
   return /^#\/[^\s<>"'\\]*$/.test(hash) && hash.length < 500 ? `/admin${hash}` : "/admin";
 }

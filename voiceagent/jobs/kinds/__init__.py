@@ -1,0 +1,1 @@
+"""Job kinds: one module each, behind :class:`voiceagent.jobs.kinds.base.JobKind`."""
