@@ -34,7 +34,7 @@ from voiceagent.jobs.schemas import FINISHED, Claim, JobRecord
 from voiceagent.jobs.store import JobStore
 from voiceagent.jobs.worker import NoKindLoaded, Worker, retry_delay
 from voiceagent.store import Database
-from voiceagent.testing.jobs import ECHO_EXTRA_KINDS, ECHO_LOG_ENV, EchoKind, EchoLog
+from voiceagent.testing.jobs import ECHO_EXTRA_KINDS, ECHO_LOG_ENV, EchoKind, EchoLog, JobClient
 
 FEEDS = ["store", "bus"]
 only_wake_ups = pytest.mark.parametrize("harness", ["bus"], indirect=True)  # about messages
@@ -91,10 +91,7 @@ class Harness:
                     await task
 
     async def submit(self, params: dict[str, Any], kind: str = "echo", publish: bool = True) -> str:
-        job = await self.store.create(kind, params)
-        if publish:
-            await self.queue.publish(job.id, kind)
-        return job.id
+        return await self.client.submit(kind, params, publish=publish)
 
     async def wait(
         self,
@@ -102,14 +99,11 @@ class Harness:
         until: Callable[[JobRecord], bool] = lambda j: j.status in FINISHED,
         within_s: float = 15,
     ) -> JobRecord:
-        deadline = time.monotonic() + within_s
-        while True:
-            job = await self.store.get(job_id)
-            if job is not None and until(job):
-                return job
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} never got there: {job}")
-            await asyncio.sleep(0.02)
+        return await self.client.wait(job_id, until, within_s)
+
+    @property
+    def client(self) -> JobClient:
+        return JobClient(self.store, self.queue, poll_s=0.02)
 
     async def file(self, job: JobRecord, name: str) -> bytes:
         assert job.result_owner is not None

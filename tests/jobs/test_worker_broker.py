@@ -31,7 +31,7 @@ from voiceagent.jobs.queue import BrokerJobQueue
 from voiceagent.jobs.schemas import FINISHED, JobRecord
 from voiceagent.jobs.store import JobStore
 from voiceagent.store import Database
-from voiceagent.testing.jobs import ECHO_EXTRA_KINDS, ECHO_KIND_ENV, ECHO_LOG_ENV, EchoLog
+from voiceagent.testing.jobs import ECHO_EXTRA_KINDS, ECHO_KIND_ENV, ECHO_LOG_ENV, EchoLog, JobClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.rocketmq, pytest.mark.postgres]
 
@@ -86,9 +86,7 @@ class Jobs:
         return started
 
     async def submit(self, params: dict[str, Any]) -> str:
-        job = await self.store.create(self.kind, params)
-        await self.queue.publish(job.id, self.kind)
-        return job.id
+        return await JobClient(self.store, self.queue).submit(self.kind, params)
 
     async def wait(
         self,
@@ -96,14 +94,7 @@ class Jobs:
         until: Callable[[JobRecord], bool] = lambda j: j.status in FINISHED,
         within_s: float = 60,
     ) -> JobRecord:
-        deadline = time.monotonic() + within_s
-        while True:
-            job = await self.store.get(job_id)
-            if job is not None and until(job):
-                return job
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} never got there: {job}\n{self.logs()}")
-            await asyncio.sleep(0.1)
+        return await JobClient(self.store, self.queue, poll_s=0.1).wait(job_id, until, within_s, self.logs)
 
     def logs(self) -> str:
         return "\n".join(f"--- {w.log_path.name} (pid {w.pid})\n{w.log[-4000:]}" for w in self.workers)

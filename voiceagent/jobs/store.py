@@ -284,13 +284,7 @@ class JobStore:
         if note is not None:
             values["progress_note"] = note[:200]
         async with self.database.sessions.begin() as session:
-            done = await session.execute(
-                update(Job)
-                .where(Job.id == claim.job_id, Job.claim == claim.token, Job.status == "running")
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-            if done.rowcount != 1:  # type: ignore[attr-defined]
+            if not await self._update_run(session, claim, values):
                 return None
             return bool(await session.scalar(select(Job.cancel_requested).where(Job.id == claim.job_id)))
 
@@ -330,66 +324,51 @@ class JobStore:
 
     async def _finish(self, claim: Claim, ttl_s: float, **values: Any) -> bool:
         now = self.clock()
-        async with self.database.sessions.begin() as session:
-            done = await session.execute(
-                update(Job)
-                .where(Job.id == claim.job_id, Job.claim == claim.token, Job.status == "running")
-                .values(
-                    finished_at=now,
-                    updated_at=now,
-                    lease_until=None,
-                    expires_at=now + timedelta(seconds=ttl_s),
-                    **values,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            return done.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+        expires_at = now + timedelta(seconds=ttl_s)
+        return await self._change_run(
+            claim, finished_at=now, updated_at=now, lease_until=None, expires_at=expires_at, **values
+        )
 
     async def retry(self, claim: Claim, reason: str, detail: str, delay_s: float) -> datetime | None:
         """Put the job back for another run after ``delay_s``; returns when (None: not ours)."""
-        now = self.clock()
-        at = now + timedelta(seconds=delay_s)
-        async with self.database.sessions.begin() as session:
-            done = await session.execute(
-                update(Job)
-                .where(Job.id == claim.job_id, Job.claim == claim.token, Job.status == "running")
-                .values(
-                    status="queued",
-                    not_before=at,
-                    published_at=now,
-                    claim=None,
-                    lease_until=None,
-                    reason=reason[:64],
-                    detail=detail[:4000],
-                    progress=0.0,
-                    progress_note=f"retrying after: {detail[:150]}",
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            return at if done.rowcount == 1 else None  # type: ignore[attr-defined]
+        at = self.clock() + timedelta(seconds=delay_s)
+        requeued = await self._requeue(
+            claim,
+            not_before=at,
+            reason=reason[:64],
+            detail=detail[:4000],
+            progress_note=f"retrying after: {detail[:150]}",
+        )
+        return at if requeued else None
 
     async def release(self, claim: Claim) -> bool:
         """A worker stopping cleanly hands the run back at once, and it does not count."""
+        return await self._requeue(
+            claim, not_before=self.clock(), attempts=Job.attempts - 1, progress_note=None
+        )
+
+    async def _requeue(self, claim: Claim, **values: Any) -> bool:
         now = self.clock()
+        return await self._change_run(
+            claim, status="queued", published_at=now, claim=None, lease_until=None, progress=0.0,
+            updated_at=now, **values,
+        )  # fmt: skip
+
+    async def _change_run(self, run: Claim, /, **values: Any) -> bool:
         async with self.database.sessions.begin() as session:
-            done = await session.execute(
-                update(Job)
-                .where(Job.id == claim.job_id, Job.claim == claim.token, Job.status == "running")
-                .values(
-                    status="queued",
-                    not_before=now,
-                    published_at=now,
-                    claim=None,
-                    lease_until=None,
-                    attempts=Job.attempts - 1,
-                    progress=0.0,
-                    progress_note=None,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            return done.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+            return await self._update_run(session, run, values)
+
+    @staticmethod
+    async def _update_run(session: AsyncSession, claim: Claim, values: dict[str, Any]) -> bool:
+        """Change the job only while this claim still holds its run: the guard every write of a
+        run goes through, so a run whose lease lapsed (claimed again elsewhere) changes nothing."""
+        done = await session.execute(
+            update(Job)
+            .where(Job.id == claim.job_id, Job.claim == claim.token, Job.status == "running")
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return done.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
     # --- cancel -----------------------------------------------------------------------------
 

@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from voiceagent.jobs.kinds.base import JobContext, JobInputError, JobKind, KindParams, in_thread
+from voiceagent.jobs.queue import JobQueue
+from voiceagent.jobs.schemas import FINISHED, JobRecord
+from voiceagent.jobs.store import JobStore
 
 ECHO_LOG_ENV = "VA_TEST_ECHO_LOG"
 ECHO_KIND_ENV = "VA_TEST_ECHO_KIND"
@@ -86,3 +91,37 @@ class EchoLog:
     def runs(self, job_id: str, phase: str = "start") -> Sequence[tuple[int, int]]:
         """(pid, attempt) of each run of the job that reached ``phase``."""
         return [(int(p[1]), int(p[2])) for p in self.lines() if p[0] == job_id and p[-1] == phase]
+
+
+@dataclass
+class JobClient:
+    """Submit jobs the way the API does (store, then wake-up) and wait on their state: what the
+    worker tests and the jobs benchmark share."""
+
+    store: JobStore
+    queue: JobQueue
+    poll_s: float = 0.05
+
+    async def submit(self, kind: str, params: dict[str, Any], *, publish: bool = True) -> str:
+        job = await self.store.create(kind, params)
+        if publish:
+            await self.queue.publish(job.id, kind)
+        return job.id
+
+    async def wait(
+        self,
+        job_id: str,
+        until: Callable[[JobRecord], bool] = lambda j: j.status in FINISHED,
+        within_s: float = 15,
+        describe: Callable[[], str] = lambda: "",
+    ) -> JobRecord:
+        """The job once ``until`` holds; AssertionError (with ``describe()``, e.g. worker logs)
+        when it does not within ``within_s``."""
+        deadline = time.monotonic() + within_s
+        while True:
+            job = await self.store.get(job_id)
+            if job is not None and until(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} never got there: {job}\n{describe()}")
+            await asyncio.sleep(self.poll_s)
