@@ -45,7 +45,7 @@ SUITES = {
     "outreach": outreach.run,
     "outreach_scale": outreach_scale.run,  # ~2.5 min: one analysis run over 100k users / 1M turns
     "dashboard": dashboard.run,  # ~4-5 min: live-update latency (SQLite, screen, PostgreSQL), 50 dashboards
-    "jobs": jobs.run,  # ~8 min: per-kind throughput, a burst's queue wait, a call beside two busy workers
+    "jobs": jobs.run,  # ~14 min: per-kind throughput, a burst's queue wait, a call beside two busy workers
     "soak": soak.run,  # 30 minutes (SOAK_MINUTES); last, so a long run does not hold up the rest
 }
 

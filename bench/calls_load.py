@@ -170,6 +170,7 @@ async def run_level(
         "answered_turns": delta("answered_turns"),
         "calls_answered": sum(1 for i in ids if s1["calls"][i]["answered_turns"] > 0),
         "v2v_p50_s": round(p50(v2v), 3) if v2v else None,
+        "v2v_s": [round(x, 3) for x in v2v],
     }
     # Let the server notice the hang-ups before the next level.
     for _ in range(50):

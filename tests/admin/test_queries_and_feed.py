@@ -14,6 +14,7 @@ from voiceagent.admin.queries import AdminQueries, histogram, like_pattern, perc
 from voiceagent.admin.schemas import LiveUpdate
 from voiceagent.admin.settings import AdminSettings
 from voiceagent.events import AskEvent, AskPayload
+from voiceagent.jobs.summaries import CallSummaries, SummaryIntent
 from voiceagent.knowledge.documents import DocumentStates
 from voiceagent.outreach.analysis.base import IntentFinding
 from voiceagent.outreach.intent_store import IntentStore
@@ -104,6 +105,15 @@ async def test_overview_calls_users_and_charts_read_the_store(database: Database
     assert [t.index for t in detail.transcript] == [1, 2, 3]
     assert detail.transcript[1].user_text.endswith("<script>alert(1)</script>")  # escaped by the page
     assert (detail.transcript[2].initiator, detail.transcript[2].event_id) == ("agent", "e1")
+    assert detail.after_call is None  # not summarized yet
+    first_turn = detail.transcript[0].id
+    intent = SummaryIntent(intent="parcel_status", confidence=0.91, evidence=[first_turn])
+    await CallSummaries(database).save(
+        "call-ann", summary="Ann asked where her parcel is.", intents=[intent], model="m"
+    )
+    recap = (await queries.call("call-ann")).after_call
+    assert recap is not None and recap.summary == "Ann asked where her parcel is."
+    assert [(i.intent, i.evidence) for i in recap.intents] == [("parcel_status", [first_turn])]
 
     user = await queries.user("ann")
     assert user.live and user.open_intents == ["parcel_status"]

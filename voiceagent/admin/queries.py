@@ -16,6 +16,7 @@ from sqlalchemy.sql import ColumnElement
 
 from voiceagent.admin.schemas import (
     STAGES,
+    AfterCallSummary,
     CallDetail,
     CallSummary,
     Charts,
@@ -46,6 +47,7 @@ from voiceagent.store.models import (
     Turn,
     User,
 )
+from voiceagent.store.models import CallSummary as StoredCallSummary
 from voiceagent.store.repository import NotFound, turn_record
 
 SAMPLE_TURNS = 5000  # turns read for percentiles and histograms: recent enough, bounded
@@ -253,7 +255,9 @@ class AdminQueries:
         async with self.database.sessions() as session:
             turns = await session.scalars(select(Turn).where(Turn.call_id == call_id).order_by(Turn.index))
             transcript = [self.turn_view(t) for t in turns]
-        return CallDetail(**summary.model_dump(), transcript=transcript)
+            after_call = await session.get(StoredCallSummary, call_id)
+            recap = None if after_call is None else AfterCallSummary.model_validate(after_call)
+        return CallDetail(**summary.model_dump(), transcript=transcript, after_call=recap)
 
     @staticmethod
     def turn_view(row: Turn) -> TurnView:

@@ -78,8 +78,24 @@ class TurnView(TurnRecord):
     event), ``interrupted`` a barge-in (the caller heard only ``agent_text_heard``)."""
 
 
+class SummaryIntentView(_View):
+    intent: str
+    confidence: float
+    evidence: list[int]  # turn ids
+
+
+class AfterCallSummary(_View):
+    """What the summarize_call job made of a finished call (None until it ran)."""
+
+    summary: str
+    intents: list[SummaryIntentView]
+    model: str
+    created_at: UtcDatetime
+
+
 class CallDetail(CallSummary):
     transcript: list[TurnView]
+    after_call: AfterCallSummary | None = None
 
 
 # -- users and intents -----------------------------------------------------------------------------

@@ -29,9 +29,11 @@ RECEIVE_WAIT_S = 2.0  # a long poll: returns at once when a wake-up arrives
 
 
 async def pause(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep ``seconds``, or less once ``stop`` is set."""
+    """Sleep ``seconds``, or less once ``stop`` is set. (``asyncio.timeout``, not ``wait_for``:
+    Python 3.11's ``wait_for`` can swallow a cancel that lands as the wait ends.)"""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), max(0.0, seconds))
+        async with asyncio.timeout(max(0.0, seconds)):
+            await stop.wait()
 
 
 class Feed(ABC):

@@ -48,14 +48,6 @@ class CallSummaries:
         job_id: str | None = None,
     ) -> CallSummaryRecord:
         """Insert or replace the call's summary."""
-        try:
-            return await self._save_once(call_id, summary, intents, model, job_id)
-        except IntegrityError:  # another run inserted it between our read and write: replace theirs
-            return await self._save_once(call_id, summary, intents, model, job_id)
-
-    async def _save_once(
-        self, call_id: str, summary: str, intents: Sequence[SummaryIntent], model: str, job_id: str | None
-    ) -> CallSummaryRecord:
         values = {
             "job_id": job_id,
             "summary": summary,
@@ -63,16 +55,17 @@ class CallSummaries:
             "model": model[:128],
             "created_at": utcnow(),
         }
-        async with self.database.sessions.begin() as session:
-            row = await session.get(CallSummary, call_id, with_for_update=True)
-            if row is None:
-                row = CallSummary(call_id=call_id, **values)
-                session.add(row)
-            else:
-                for name, value in values.items():
-                    setattr(row, name, value)
-            await session.flush()
-            return CallSummaryRecord.model_validate(row)
+
+        def new() -> CallSummary:
+            return CallSummary(call_id=call_id)
+
+        try:
+            await self.database.set_row(CallSummary, call_id, new, **values)
+        except IntegrityError:  # another run inserted it between our read and write: replace theirs
+            await self.database.set_row(CallSummary, call_id, new, **values)
+        saved = await self.get(call_id)
+        assert saved is not None
+        return saved
 
     async def get(self, call_id: str) -> CallSummaryRecord | None:
         async with self.database.sessions() as session:

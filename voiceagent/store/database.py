@@ -58,7 +58,9 @@ class Database:
     def dialect(self) -> str:
         return self.url.get_backend_name()
 
-    async def set_row(self, model: type[Any], key: object, new: Callable[[], Any], **values: object) -> None:
+    async def set_row(
+        self, model: type[Any], key: object, new: Callable[[], Any], /, **values: object
+    ) -> None:
         """Set ``values`` on ``model``'s row ``key`` (locked for the change), made by ``new()``
         first if there is none: one short transaction, the same on SQLite and PostgreSQL."""
         async with self.sessions.begin() as session:

@@ -413,12 +413,14 @@ function turnView(t, userId) {
 class CallPage extends Page {
   mount(root) {
     this.summary = h("div");
+    this.recap = h("section.section", { hidden: true, testid: "call-after" });
     this.transcript = h("ol.transcript", { testid: "call-transcript", "aria-label": "Transcript" });
     this.empty = h("p.empty", { hidden: true }, "No turns yet.");
     root.append(
       h("p.back", null, h("a", { href: "#/calls" }, "← All calls")),
       this.heading(`Call ${shortId(this.id, 13)}`),
       this.summary,
+      this.recap,
       h("section.section", null, h("h2", null, "Transcript"), this.transcript, this.empty));
     this.refresh(true);
   }
@@ -457,6 +459,19 @@ class CallPage extends Page {
       item("Turns", count(c.turns)),
       item("Barge-ins", count(c.barge_ins)),
       item("Proactive prompts", count(c.prompts))));
+    const recap = c.after_call;
+    replace(this.recap, recap ? [
+      h("h2", null, "After the call"),
+      h("p", { testid: "call-after-summary" }, recap.summary),
+      recap.intents.length
+        ? h("ul.intents", { "aria-label": "Intents found" }, recap.intents.map((i) => h("li", null,
+          h("strong", null, i.intent),
+          h("span.muted", null, ` ${Math.round(i.confidence * 100)} % · turns `),
+          i.evidence.map((id) => h("span.mono", null, `#${id} `)))))
+        : h("p.muted", null, "No intent found."),
+      h("p.muted", null, `Summarized by ${recap.model}, ${new Date(recap.created_at).toLocaleString()}`),
+    ] : []);
+    this.recap.hidden = !recap;
   }
 
   onLive(u) {
