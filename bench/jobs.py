@@ -372,11 +372,13 @@ async def measure_call_beside_workers() -> dict[str, Metric]:
     }
     paired = float(np.mean(by_turn["with"] / by_turn["without"]) - 1) * 100
     late = {c: float(np.mean([lv["late_pct"] for n, lv in rounds if n == c])) for c in ("without", "with")}
+    duty = load_settings(environ={}).jobs.worker.duty_beside_calls
     note = (
         f"one aiortc caller asking {len(QUESTIONS)} synthesized questions {QUESTION_GAP_S:.0f} s apart, real "
-        f"models (bench server as `voiceagent serve`), {WINDOW_S:.0f} s windows without / with / with / "
-        f"without two `voiceagent worker` processes (nice 19, SCHED_IDLE) running synthesize/transcribe flat "
-        f"out ({running} jobs running at the last busy window's end), after a discarded warm-up; p50 of "
+        f"models (bench server as `voiceagent serve`), {WINDOW_S:.0f} s windows ABBA twice without / with "
+        f"two `voiceagent worker` processes (nice 19, SCHED_IDLE, working {duty:.0%} of the time while "
+        "the node holds a call) on a backlog of long synthesize/transcribe jobs "
+        f"({running} running at each busy pair's end), after a discarded warm-up; p50 of "
         f"{len(turns['without'])} / {len(turns['with'])} turns; the same turn of the call compared: "
         f"{paired:+.1f} % (turns 1-4 without {np.round(by_turn['without'], 2).tolist()}, with "
         f"{np.round(by_turn['with'], 2).tolist()} s); late outbound frames {late['without']:.2f} % vs "

@@ -37,6 +37,9 @@ class WorkerSettings(_Section):
     threads: int = Field(1, ge=1)  # math threads per model (ONNX Runtime, CTranslate2, torch)
     nice: int = Field(19, ge=0, le=19)  # CPU priority below the calls' (0)
     idle_priority: bool = True  # Linux SCHED_IDLE: run only on CPU time nothing else wants
+    # While this node (node_id: the server on this machine, by default) holds a live call, work at
+    # most this share of the time, resting between units of work (voiceagent/jobs/pacing.py); 1 off.
+    duty_beside_calls: float = Field(0.25, gt=0, le=1)
     invisible_s: float = Field(60.0, gt=0)  # the message (and the store lease) while a job runs, renewed
     max_attempts: int = Field(3, ge=1)  # runs before a job fails for good (dead-lettered with the reason)
     backoff_s: float = Field(5.0, gt=0)  # first retry delay, doubling...

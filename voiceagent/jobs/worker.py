@@ -45,6 +45,7 @@ from voiceagent.config import Settings
 from voiceagent.events import EventBus
 from voiceagent.jobs.feeds import BrokerFeed, Feed, StoreFeed, pause
 from voiceagent.jobs.kinds.base import JobCancelled, JobContext, JobInputError, JobKind, JobLost
+from voiceagent.jobs.pacing import CallsFirst
 from voiceagent.jobs.queue import JobQueue, job_queue
 from voiceagent.jobs.registry import KindRegistry
 from voiceagent.jobs.schemas import Claim, JobRecord, ResultFile
@@ -101,13 +102,16 @@ class RunLease:
         lease_s: float,
         progress_every_s: float,
         clock: Callable[[], float] = time.monotonic,
+        pacing: CallsFirst | None = None,
     ) -> None:
         self.store = store
         self.claim = claim
         self.lease_s = lease_s
         self.progress_every_s = progress_every_s
+        self.pacing = pacing
         self._clock = clock
         self._written_at = clock()
+        self._worked_from = clock()
         self._pending: tuple[float, str | None] | None = None
         self._verdict: type[JobCancelled] | type[JobLost] | None = None
         self._lock = asyncio.Lock()
@@ -123,8 +127,12 @@ class RunLease:
         await self.stop()
 
     async def report(self, fraction: float, note: str | None = None) -> None:
-        """JobContext.report: remember the progress, write it when due; raise when told to stop."""
+        """JobContext.report: remember the progress, write it when due; raise when told to stop.
+        Between two reports the kind worked: with a call live, rest in proportion first."""
         self.check()
+        if self.pacing is not None:
+            await self.pacing.rest_after(self._clock() - self._worked_from)
+            self._worked_from = self._clock()
         self._pending = (fraction, note)
         if self._clock() - self._written_at >= self.progress_every_s:
             await self._write()
@@ -178,7 +186,9 @@ class JobRunner:
         *,
         name: str,
         spread: Callable[[], float] = lambda: random.uniform(0.75, 1.0),
+        pacing: CallsFirst | None = None,
     ) -> None:
+        self.pacing = pacing
         self.settings = settings
         self.jobs = settings.jobs
         self.worker = settings.jobs.worker
@@ -242,7 +252,7 @@ class JobRunner:
         started = time.monotonic()
         try:
             async with RunLease(
-                self.store, claim, self.worker.invisible_s, self.worker.progress_every_s
+                self.store, claim, self.worker.invisible_s, self.worker.progress_every_s, pacing=self.pacing
             ) as lease:
                 settled = await self._attempt(kind, claim, lease)
         except asyncio.CancelledError:
@@ -392,18 +402,22 @@ class Worker:
         *,
         name: str | None = None,
         priority: str = "normal priority",
+        pacing: CallsFirst | None = None,
     ) -> None:
         self.settings = settings.jobs
         self.store = store
         self.queue = queue
         self.feed = feed
         self.priority = priority
+        if pacing is not None:
+            self.priority += f", {pacing.duty:.0%} of the time while node {pacing.node_id} holds a call"
         self.runner = JobRunner(
             settings,
             store,
             {k.name: k for k in kinds},
             queue,
             name=name or f"{settings.node_id}:{os.getpid()}",
+            pacing=pacing,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -512,7 +526,13 @@ def create_worker(
         BrokerFeed(bus, settings.jobs.worker) if queue.kind == "rocketmq" else StoreFeed(settings.jobs.worker)
     )
     kinds = [cls(settings, database) for cls in classes]
-    return Worker(settings, store, kinds, queue, feed, priority=priority)
+    worker = settings.jobs.worker
+    pacing = None
+    if worker.duty_beside_calls < 1:
+        pacing = CallsFirst(
+            database, settings.node_id, worker.duty_beside_calls, settings.outreach.stale_after_s
+        )
+    return Worker(settings, store, kinds, queue, feed, priority=priority, pacing=pacing)
 
 
 @contextlib.asynccontextmanager
