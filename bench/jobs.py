@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import wave
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,9 @@ from voiceagent.config import load_settings
 from voiceagent.events import EventBus
 from voiceagent.events.factory import create_transport
 from voiceagent.jobs.queue import JobQueue, job_queue
+from voiceagent.jobs.registry import KindRegistry
 from voiceagent.jobs.schemas import FINISHED, JobRecord
+from voiceagent.jobs.service import IncomingFile, JobService
 from voiceagent.jobs.store import JobStore
 from voiceagent.store import Database, NewTurn, Store
 
@@ -120,6 +122,7 @@ class JobsBench:
         self.jobs = JobStore(self.database)
         self.bus = EventBus(create_transport(self.settings.events), self.settings.events)
         self.queue: JobQueue = job_queue(self.settings.jobs, self.bus)
+        self.service = JobService(self.jobs, self.queue, KindRegistry(), self.settings)
         self.workers: list[subprocess.Popen[bytes]] = []
 
     async def __aenter__(self) -> JobsBench:
@@ -156,19 +159,15 @@ class JobsBench:
         return "\n".join(p.read_text()[-2000:] for p in sorted(self.dir.glob("worker-*.log")))
 
     async def submit(self, kind: str, params: dict[str, Any], upload: bytes | None = None) -> str:
-        if upload is None:
-            job = await self.jobs.create(kind, params, submitted_by="bench")
-        else:
-            job = await self.jobs.create(
-                kind, params, status="receiving", submitted_by="bench", input_name="bench.wav",
-                input_type="audio/wav",
-            )  # fmt: skip
-            chunk = self.settings.jobs.blob_chunk_bytes
-            for seq, start in enumerate(range(0, len(upload), chunk)):
-                await self.jobs.append_input(job.id, seq, upload[start : start + chunk])
-            await self.jobs.mark_queued(job.id)
-        await self.queue.publish(job.id, kind)
-        return job.id
+        """As ``POST /api/jobs`` does it (the same service), an upload in one piece."""
+        file = None
+        if upload is not None:
+
+            async def one_piece() -> AsyncIterator[bytes]:
+                yield upload
+
+            file = IncomingFile("bench.wav", "audio/wav", one_piece())
+        return (await self.service.submit(kind, params, file=file, submitted_by="bench")).id
 
     async def finished(self, job_ids: Sequence[str], timeout_s: float) -> list[JobRecord]:
         deadline = time.monotonic() + timeout_s

@@ -251,16 +251,7 @@ class JobStore:
             await session.execute(
                 update(Job)
                 .where(Job.kind.in_(list(kinds)), self._abandoned_cancel(now))
-                .values(
-                    status="cancelled",
-                    finished_at=now,
-                    updated_at=now,
-                    claim=None,
-                    lease_until=None,
-                    reason=None,
-                    detail=CANCELLED_RUNNING,
-                    expires_at=now + timedelta(seconds=ttl_s or DEFAULT_TTL_S),
-                )
+                .values(**_cancelled(now, ttl_s, CANCELLED_RUNNING))
                 .execution_options(synchronize_session=False)
             )
             job_id = await session.scalar(
@@ -390,17 +381,12 @@ class JobStore:
             return JobRecord.model_validate(row)
 
     def _settle_cancelled(self, row: Job, now: datetime, ttl_s: float | None = None) -> None:
-        row.reason = None
-        row.finished_at = now
-        row.updated_at = now
-        row.claim = None
-        row.lease_until = None
         if row.status == "running":  # its worker is gone (a live one settles it itself)
-            row.detail = CANCELLED_RUNNING
+            detail = CANCELLED_RUNNING
         else:
-            row.detail = "cancelled before it ran" if row.attempts == 0 else "cancelled before its retry"
-        row.status = "cancelled"
-        row.expires_at = now + timedelta(seconds=ttl_s or DEFAULT_TTL_S)
+            detail = "cancelled before it ran" if row.attempts == 0 else "cancelled before its retry"
+        for name, value in _cancelled(now, ttl_s, detail).items():
+            setattr(row, name, value)
 
     # --- files ------------------------------------------------------------------------------
 
@@ -514,3 +500,17 @@ class JobStore:
 
 def _lapsed(lease_until: datetime | None, now: datetime) -> bool:
     return lease_until is None or as_utc(lease_until) < now
+
+
+def _cancelled(now: datetime, ttl_s: float | None, detail: str) -> dict[str, Any]:
+    """A job's columns once it is cancelled, however it got there."""
+    return {
+        "status": "cancelled",
+        "finished_at": now,
+        "updated_at": now,
+        "claim": None,
+        "lease_until": None,
+        "reason": None,
+        "detail": detail,
+        "expires_at": now + timedelta(seconds=ttl_s or DEFAULT_TTL_S),
+    }
