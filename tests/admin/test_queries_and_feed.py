@@ -228,6 +228,7 @@ async def test_on_postgresql_a_commit_on_another_node_wakes_the_feed_at_once(pos
     finally:
         stop.set()
         hub.watched.set()
-        await running
+        async with asyncio.timeout(10):  # stopping does not wait out the 60 s poll
+            await running
         await here.close()
         await there.close()

@@ -100,7 +100,9 @@ class ChangeFeed:
         while self.hub.watched.is_set() and not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_s):
-                    await self.wake.wait()
+                    await _either(self.wake, stop)  # a stopping node does not wait out the poll
+            if stop.is_set():
+                break
             self.wake.clear()
             try:
                 self.hub.publish(await self.collect())
