@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 
 from voiceagent.events.envelope import utcnow
+from voiceagent.jobs.lease import RunLease
 from voiceagent.jobs.pacing import MAX_REST_S, CallsFirst
 from voiceagent.jobs.schemas import Claim
 from voiceagent.jobs.store import JobStore
-from voiceagent.jobs.worker import RunLease
 from voiceagent.store import Database
 from voiceagent.store.models import LiveSession
 

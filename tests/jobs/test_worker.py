@@ -23,7 +23,7 @@ from tests.events.test_contract import dead_letter_reader, drain
 from tests.serve_process import VoiceagentProcess
 from voiceagent.cli import main
 from voiceagent.config import Settings
-from voiceagent.events import EventBus, JobQueuedEvent
+from voiceagent.events import BusError, EventBus, JobQueuedEvent
 from voiceagent.events.envelope import decode
 from voiceagent.events.eventbus import DLQ_REASON
 from voiceagent.events.factory import create_transport
@@ -504,3 +504,46 @@ def test_the_worker_process_yields_the_cpu_and_bounds_math_threads() -> None:
     assert int(nice) >= 10 and threads == "2"
     assert ("no SCHED_IDLE" not in said) == (idle == "True")
     assert "2 math thread(s)" in said
+
+
+@only_wake_ups
+async def test_a_broker_outage_under_a_running_worker_is_waited_out(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker goes away under a running worker: every receive fails, the worker backs off
+    and keeps its loop; the job waits queued in the store; the broker returns and the job runs."""
+    monkeypatch.setattr("voiceagent.jobs.feeds.ERROR_BACKOFF_S", 0.05)
+    outage = asyncio.Event()
+    outage.set()
+    failed_receives = 0
+    subscribe = harness.bus.subscribe_until_stopped
+
+    async def subscribe_to_a_flaky_broker(*args: Any, **kwargs: Any) -> Any:
+        subscription = await subscribe(*args, **kwargs)
+        receive = subscription.receive
+
+        async def receive_unless_down(*a: Any, **k: Any) -> Any:
+            nonlocal failed_receives
+            if outage.is_set():
+                failed_receives += 1
+                raise BusError("broker unreachable (test)")
+            return await receive(*a, **k)
+
+        monkeypatch.setattr(subscription, "receive", receive_unless_down)
+        return subscription
+
+    monkeypatch.setattr(harness.bus, "subscribe_until_stopped", subscribe_to_a_flaky_broker)
+    with caplog.at_level(logging.WARNING, logger="voiceagent.jobs"):
+        await harness.start()
+        job_id = await harness.submit({"text": "through an outage"})
+        async with asyncio.timeout(15):
+            while failed_receives < 4:  # several backoffs: 0.05, 0.1, 0.2 s…
+                await asyncio.sleep(0.02)
+        waiting = await harness.store.get(job_id)
+        assert waiting is not None and waiting.status == "queued"
+        assert all(not task.done() for _, _, task in harness.workers)
+        outage.clear()
+        job = await harness.wait(job_id)
+    assert (job.status, job.attempts) == ("succeeded", 1)
+    assert "receive failed on voiceagent-jobs-echo" in caplog.text
+    assert harness.echo_log.count("done") == {job_id: 1}

@@ -26,25 +26,22 @@ What happens to a run:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
-import re
-import shutil
-import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 from voiceagent.config import Settings
 from voiceagent.events import EventBus
 from voiceagent.jobs.feeds import BrokerFeed, Feed, StoreFeed, pause
+from voiceagent.jobs.files import input_file_name, private_folder, read_chunks
 from voiceagent.jobs.kinds.base import JobCancelled, JobContext, JobInputError, JobKind, JobLost
+from voiceagent.jobs.lease import RunLease
 from voiceagent.jobs.pacing import CallsFirst
 from voiceagent.jobs.queue import JobQueue, job_queue
 from voiceagent.jobs.registry import KindRegistry
@@ -87,91 +84,6 @@ def retry_delay(attempt: int, backoff_s: float, backoff_max_s: float, spread: fl
     """Seconds before run ``attempt + 1``: doubling from ``backoff_s``, capped; ``spread`` in
     [0.75, 1] keeps many jobs failing together from coming back together."""
     return min(backoff_s * 2.0 ** (attempt - 1), backoff_max_s) * spread
-
-
-class RunLease:
-    """The store side of one run: renews the claim every ``lease_s / 3`` and writes progress at
-    most every ``progress_every_s``. What the store answers (an operator cancelled, or the lease
-    is no longer this run's) is raised to the kind at its next progress report, and checked
-    again when it returns, so a kind that never reports still cannot store a cancelled result."""
-
-    def __init__(
-        self,
-        store: JobStore,
-        claim: Claim,
-        lease_s: float,
-        progress_every_s: float,
-        clock: Callable[[], float] = time.monotonic,
-        pacing: CallsFirst | None = None,
-    ) -> None:
-        self.store = store
-        self.claim = claim
-        self.lease_s = lease_s
-        self.progress_every_s = progress_every_s
-        self.pacing = pacing
-        self._clock = clock
-        self._written_at = clock()
-        self._worked_from = clock()
-        self._pending: tuple[float, str | None] | None = None
-        self._verdict: type[JobCancelled] | type[JobLost] | None = None
-        self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> RunLease:
-        self._task = asyncio.create_task(self._renew(), name=f"lease-{self.claim.job_id}")
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    async def report(self, fraction: float, note: str | None = None) -> None:
-        """JobContext.report: remember the progress, write it when due; raise when told to stop.
-        Between two reports the kind worked: with a call live, rest in proportion first."""
-        self.check()
-        if self.pacing is not None:
-            await self.pacing.rest_after(self._clock() - self._worked_from)
-            self._worked_from = self._clock()
-        self._pending = (fraction, note)
-        if self._clock() - self._written_at >= self.progress_every_s:
-            await self._write()
-            self.check()
-
-    def check(self) -> None:
-        if self._verdict is JobLost:
-            raise JobLost(f"job {self.claim.job_id}: this run's lease is no longer valid")
-        if self._verdict is JobCancelled:
-            raise JobCancelled(f"job {self.claim.job_id} was cancelled")
-
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_s / 3)  # two chances before the lease runs out
-            await self._write()
-
-    async def _write(self) -> None:
-        async with self._lock:
-            pending, self._pending = self._pending, None
-            self._written_at = self._clock()
-            fraction, note = pending or (None, None)
-            try:
-                answer = await self.store.heartbeat(self.claim, self.lease_s, fraction, note)
-            except Exception as exc:  # the store blinked: the next beat tries again
-                log.warning("job %s: lease not renewed: %s", self.claim.job_id, exc)
-                self._pending = self._pending or pending
-                return
-            if answer is None:
-                self._verdict = JobLost
-            elif answer and self._verdict is None:
-                self._verdict = JobCancelled
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        async with self._lock:  # never cut a store write in half
-            self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        self._task = None
 
 
 class JobRunner:
@@ -358,7 +270,7 @@ class JobRunner:
         """The upload, copied out of the store into the run's private folder."""
         if job.input_name is None and job.input_bytes == 0:
             return None
-        path = workdir / _input_file_name(job.input_name)
+        path = workdir / input_file_name(job.input_name)
         handle = await asyncio.to_thread(path.open, "wb")
         try:
             async for chunk in self.store.read_input(job.id):
@@ -533,29 +445,3 @@ def create_worker(
             database, settings.node_id, worker.duty_beside_calls, settings.outreach.stale_after_s
         )
     return Worker(settings, store, kinds, queue, feed, priority=priority, pacing=pacing)
-
-
-@contextlib.asynccontextmanager
-async def private_folder(job_id: str) -> AsyncIterator[Path]:
-    """A run's own temporary folder (the upload, the kind's outputs), removed after it."""
-    path = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f"voiceagent-job-{job_id}-"))
-    try:
-        yield path
-    finally:
-        await asyncio.to_thread(shutil.rmtree, path, True)
-
-
-async def read_chunks(path: Path, size: int) -> AsyncIterator[bytes]:
-    """A file in pieces of ``size`` bytes, each read in a thread."""
-    handle = await asyncio.to_thread(path.open, "rb")
-    try:
-        while chunk := await asyncio.to_thread(handle.read, size):
-            yield chunk
-    finally:
-        await asyncio.to_thread(handle.close)
-
-
-def _input_file_name(name: str | None) -> str:
-    """``input`` with the upload's extension when it looks like one (decoders sniff by it)."""
-    suffix = Path(name or "").suffix.lower()
-    return f"input{suffix}" if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else "input"
