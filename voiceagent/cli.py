@@ -481,21 +481,14 @@ def _bind(host: str, port: int) -> socket.socket:
 async def _serve(settings: Settings, listener: socket.socket, stop_requested: asyncio.Event) -> None:
     import uvicorn
 
-    from voiceagent.server.app import create_app
+    from voiceagent.server.app import create_app, server_config
 
     runtime = Runtime(settings)
     await runtime.start()
     if stop_requested.is_set():
         await runtime.stop()
         return
-    config = uvicorn.Config(
-        create_app(runtime),
-        log_config=None,
-        access_log=settings.server.access_log,
-        timeout_graceful_shutdown=int(settings.server.shutdown_timeout_s),
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(create_app(runtime), settings.server))
     listener.listen(2048)  # connections queue from here on, so the log line below is true
     host, port = listener.getsockname()[:2]
     log.info(

@@ -57,6 +57,10 @@ class ServerSettings(_Section):
     access_log: bool = False
     # Open calls and streams get this long to finish after SIGTERM before they are cut.
     shutdown_timeout_s: float = Field(10.0, gt=0)
+    # Reverse proxies (addresses, or "*") whose X-Forwarded-For/-Proto are believed: the client's
+    # address then counts for the login limits and the audit log. Empty: no header is believed, and
+    # behind a proxy every login counts against the proxy's one address.
+    trusted_proxies: list[str] = []
 
 
 class StoreSettings(_Section):

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from starlette.routing import Mount
 from websockets.asyncio.client import connect
@@ -45,8 +46,8 @@ def _concrete(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "x1", path)
 
 
-async def test_every_route_refuses_a_stranger(fake_server: FakeServer) -> None:
-    app = create_app(fake_server.runtime)
+def _guarded_routes(app: FastAPI) -> list[tuple[str, str]]:
+    """(method or "WS", path template) of every route not on the public list."""
     found_public, guarded = set(), []
     for context in iter_route_contexts(app.routes):  # included routers flattened, prefixes applied
         route, path = context.original_route, str(context.path)
@@ -63,6 +64,11 @@ async def test_every_route_refuses_a_stranger(fake_server: FakeServer) -> None:
         else:
             assert path.startswith(PUBLIC_PREFIXES), f"unclassified route {path}"
     assert found_public == PUBLIC  # no stale allowance
+    return guarded
+
+
+async def test_every_route_refuses_a_stranger(fake_server: FakeServer) -> None:
+    guarded = _guarded_routes(create_app(fake_server.runtime))
     assert len(guarded) >= 20
 
     async with httpx.AsyncClient(base_url=fake_server.base) as http:
@@ -87,6 +93,28 @@ async def test_every_route_refuses_a_stranger(fake_server: FakeServer) -> None:
                 headers={"Authorization": "Bearer va_forged", "Cookie": "va_session=forged"},
             )
             assert forged.status_code == 401, (method, path)
+
+
+async def test_every_change_an_operator_makes_is_audited(fake_server: FakeServer) -> None:
+    """Whatever the route and however it ends (done, refused as bad input, not found), an admitted
+    change leaves exactly one audit entry naming the operator."""
+    changes = [
+        (method, path)
+        for method, path in _guarded_routes(create_app(fake_server.runtime))
+        if method not in ("GET", "HEAD", "WS")
+    ]
+    assert len(changes) >= 8
+    token = await create_token(fake_server.runtime.database, "auditor", Role.OPERATOR, created_by="test")
+    audit = fake_server.runtime.auth.audit
+    async with httpx.AsyncClient(
+        base_url=fake_server.base, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
+        for done, (method, path) in enumerate(changes):
+            response = await http.request(method, _concrete(path), json={})
+            assert response.status_code < 500, (method, path, response.text)
+            entries, total = await audit.page(actor="token:auditor")
+            assert total == done + 1, (method, path, [e.action for e in entries])
+            assert entries[0].role == "operator" and entries[0].address == "127.0.0.1"
 
 
 async def _sign_in(http: httpx.AsyncClient, name: str) -> str:

@@ -148,6 +148,18 @@ async def test_an_operator_watches_a_call_live_and_reaches_the_caller(
         await _shot(admin, nav)
     audit = await admin.locator("main").inner_text()
     assert "outreach.ask" in audit and "login" in audit
+    action = admin.locator('[data-testid="audit-filters"] [name="action"]')
+    await action.fill("outreach")
+    await action.press("Enter")
+    await admin.wait_for_function(
+        """() => {
+          const rows = [...document.querySelectorAll('[data-testid="audit-table"] [data-audit-id]')];
+          return rows.length > 0 && rows.every(r => r.innerText.includes('outreach.ask'));
+        }""",
+        timeout=10_000,
+    )
+    assert "action=outreach" in admin.url  # the filter is in the address: a reload keeps it
+    await _shot(admin, "audit-filtered")
 
     # A change with a forged CSRF token is refused even with a valid session cookie.
     forged = await admin.evaluate(

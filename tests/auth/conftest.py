@@ -8,9 +8,10 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 
 from voiceagent.auth.accounts import Role, create_token, create_user
+from voiceagent.auth.changes import AuditChanges
 from voiceagent.auth.guard import AdminAuth, Principal
 from voiceagent.auth.settings import AdminAuthSettings
 from voiceagent.store import Database
@@ -20,6 +21,7 @@ PASSWORD = "correct horse battery"
 
 def build_app(auth: AdminAuth) -> FastAPI:
     app = FastAPI()
+    app.add_middleware(AuditChanges, audit=auth.audit)
     app.include_router(auth.router())
     things = APIRouter(prefix="/api/admin/things", dependencies=[Depends(auth.by_method())])
 
@@ -30,6 +32,17 @@ def build_app(auth: AdminAuth) -> FastAPI:
     @things.post("")
     async def add_thing() -> dict[str, Any]:
         return {"added": True}
+
+    @things.put("/{name}")
+    async def replace_thing(name: str) -> dict[str, Any]:
+        if name == "missing":
+            raise HTTPException(404, "no such thing")
+        return {"replaced": name}
+
+    @things.patch("/{name}")
+    async def tidy_thing(name: str, request: Request) -> dict[str, Any]:
+        await auth.audit.record_change(request, "thing.tidy", target=name)
+        return {"tidied": name}
 
     app.include_router(things)
 

@@ -76,6 +76,44 @@ def test_user_add_on_a_fresh_store_then_log_in(
     assert _with_database(store_url, log_in) == 200
 
 
+def _log_in(url: str, cookie: str | None = None) -> tuple[int, int, str | None]:
+    """(status of a login, status of a read with ``cookie`` or the new session's, the session cookie)."""
+
+    async def go(database: Database) -> tuple[int, int, str | None]:
+        app = build_app(AdminAuth(database, AdminAuthSettings()))
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        ) as client:
+            login = await client.post("/api/admin/session", json={"username": "dora", "password": PASSWORD})
+            session = client.cookies.get("va_session") if cookie is None else cookie
+            client.cookies.clear()
+            client.cookies.set("va_session", session or "")
+            read = await client.get("/api/admin/things")
+            return login.status_code, read.status_code, session
+
+    return _with_database(url, go)
+
+
+def test_a_disabled_user_cannot_log_in_and_their_sessions_end_until_enabled(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin(monkeypatch, "user", "add", "dora", "--role", "viewer", "--password-stdin", stdin=PASSWORD)
+    login, read, cookie = _log_in(store_url)
+    assert (login, read) == (200, 200) and cookie
+    capsys.readouterr()
+
+    assert admin(monkeypatch, "user", "disable", "dora") == 0
+    assert "dora is disabled; 1 sessions ended" in capsys.readouterr().out
+    assert _log_in(store_url, cookie)[:2] == (401, 401)  # the old session and a new login alike
+    assert admin(monkeypatch, "user", "list") == 0
+    assert capsys.readouterr().out.split()[-1] == "disabled"
+
+    assert admin(monkeypatch, "user", "enable", "dora") == 0
+    assert _log_in(store_url, cookie)[:2] == (200, 401)  # a new login works; the ended one stays ended
+    assert admin(monkeypatch, "user", "disable", "nobody") == 1
+    assert "no admin user 'nobody'" in capsys.readouterr().err
+
+
 def test_user_add_refuses_short_passwords_duplicates_and_bad_names(
     store_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,12 +9,14 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from tests.auth.conftest import PASSWORD, ClientFactory, login
+from tests.auth.conftest import PASSWORD, ClientFactory, build_app, login
 from voiceagent.auth.audit import AuditLog
 from voiceagent.auth.guard import AdminAuth, Principal, Role
 from voiceagent.auth.settings import AdminAuthSettings
+from voiceagent.config import ServerSettings
 from voiceagent.store import Database
 from voiceagent.store.models import LoginFailure, utcnow
+from voiceagent.testing.serving import served
 
 LIMITS = AdminAuthSettings(login_max_failures_per_account=3, login_max_failures_per_address=5)
 
@@ -122,3 +124,52 @@ async def test_a_failed_audit_write_does_not_raise(
     with caplog.at_level(logging.ERROR):
         await broken.record(principal, "thing.done")
     assert "audit entry thing.done by 'token:ci' not written" in caplog.text
+
+
+async def test_every_admitted_change_is_audited_once_with_its_outcome(
+    client: httpx.AsyncClient, auth: AdminAuth, operator_token: str
+) -> None:
+    """Routes that say what a change means write that; any other admitted change is written as
+    its method, route and status by the middleware; reads and refused requests write nothing."""
+    bearer = {"Authorization": f"Bearer {operator_token}"}
+    assert (await client.post("/api/admin/things", headers=bearer)).status_code == 200
+    assert (await client.put("/api/admin/things/missing", headers=bearer)).status_code == 404
+    assert (await client.patch("/api/admin/things/lamp", headers=bearer)).status_code == 200
+    assert (await client.delete("/api/admin/danger", headers=bearer)).status_code == 200
+    assert (await client.get("/api/admin/things", headers=bearer)).status_code == 200
+    assert (await client.post("/api/admin/things")).status_code == 401
+    csrf = await login(client, "victor")
+    refused = await client.post("/api/admin/things", headers={"X-CSRF-Token": csrf})
+    assert refused.status_code == 403
+
+    entries, _ = await auth.audit.page()
+    assert [(e.actor, e.action, e.target, e.detail) for e in reversed(entries)] == [
+        ("token:ci", "POST /api/admin/things", "/api/admin/things", "HTTP 200"),
+        ("token:ci", "PUT /api/admin/things/{name}", "/api/admin/things/missing", "HTTP 404"),
+        ("token:ci", "thing.tidy", "lamp", None),
+        ("token:ci", "DELETE /api/admin/danger", "/api/admin/danger", "HTTP 200"),
+        ("victor", "login", None, None),
+    ]
+    assert all(e.address == "127.0.0.1" for e in entries)
+
+
+@pytest.mark.parametrize(
+    ("trusted", "seen_as"), [([], "127.0.0.1"), (["127.0.0.1"], "203.0.113.7")], ids=["no-proxy", "proxy"]
+)
+async def test_a_forwarded_address_counts_only_from_a_trusted_proxy(
+    auth: AdminAuth, trusted: list[str], seen_as: str
+) -> None:
+    """Through the real server: X-Forwarded-For names the client only when it comes from a proxy
+    in ``server.trusted_proxies``; otherwise a client could pick any address to dodge the limit."""
+    settings = ServerSettings(trusted_proxies=trusted)
+    async with served(build_app(auth), settings) as base, httpx.AsyncClient(base_url=base) as client:
+        response = await client.post(
+            "/api/admin/session",
+            json={"username": "alice", "password": "wrong!"},
+            headers={"X-Forwarded-For": "203.0.113.7"},
+        )
+        assert response.status_code == 401
+    [entry], _ = await auth.audit.page()
+    assert (entry.action, entry.address) == ("login.failed", seen_as)
+    async with auth.database.sessions() as session:
+        assert set(await session.scalars(select(LoginFailure.address))) == {seen_as}

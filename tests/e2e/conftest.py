@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import socket
 import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from voiceagent.config import Settings
 from voiceagent.runtime import Runtime
 from voiceagent.server.app import create_app
 from voiceagent.testing.fakes import install_fake_engines
+from voiceagent.testing.serving import served
 
 
 @dataclass(frozen=True)
@@ -88,24 +87,11 @@ class FakeServer:
 async def fake_server(settings: Settings) -> AsyncIterator[FakeServer]:
     """The real app, calls layer and store in this process, with the fake engines (a tone is a
     question, the reply is REPLY_TOKENS): a call page to drive in a second, no model to load."""
-    import uvicorn
-
     runtime = Runtime(settings)
     await runtime.start()
     install_fake_engines(runtime.engines)
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime), log_config=None, lifespan="on"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.01)
-        yield FakeServer(f"http://127.0.0.1:{sock.getsockname()[1]}", runtime)
-    finally:
-        server.should_exit = True
-        await serving  # the app's lifespan stops the runtime
-        sock.close()
+    async with served(create_app(runtime), settings.server) as base:  # its lifespan stops the runtime
+        yield FakeServer(base, runtime)
 
 
 @pytest.fixture

@@ -141,6 +141,16 @@ async def set_role(database: Database, username: str, role: Role | str) -> int:
         return await _revoke_sessions(session, user.id)
 
 
+async def set_disabled(database: Database, username: str, disabled: bool) -> int:
+    """Disable (or enable again) a user without removing their history: a disabled user cannot log
+    in and their sessions end now; returns how many sessions ended."""
+    async with database.sessions.begin() as session:
+        user = await _user_for_update(session, username)
+        user.disabled = disabled
+        user.updated_at = utcnow()
+        return await _revoke_sessions(session, user.id) if disabled else 0
+
+
 async def revoke_sessions(database: Database, username: str) -> int:
     """End all of a user's sessions; returns how many were live."""
     async with database.sessions.begin() as session:

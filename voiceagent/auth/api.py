@@ -151,7 +151,7 @@ def session_router(auth: AdminAuth) -> APIRouter:
                 400, "an API token has no session: revoke it with `voiceagent admin token revoke`"
             )
         await revoke_session(auth.database, identity.session.id)
-        await auth.audit.record(identity.principal, "logout", address=client_address(request))
+        await auth.audit.record_change(request, "logout")
         response = Response(status_code=204)
         response.delete_cookie(
             SESSION_COOKIE, path="/", secure=secure(request), httponly=True, samesite="strict"

@@ -1,4 +1,10 @@
-"""The audit log: who changed what, when and from where, kept in the shared store."""
+"""The audit log: who changed what, when and from where, kept in the shared store.
+
+Every change a signed-in caller is let through to is written here: routes that know what the
+change means write a specific entry (``outreach.ask`` to ``ann``) with :meth:`AuditLog.record_change`;
+any other is written by :class:`voiceagent.auth.changes.AuditChanges` as its method, route and
+HTTP status, so a new route cannot change things unrecorded.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
+from starlette.requests import HTTPConnection
 
 from voiceagent.store.database import Database
 from voiceagent.store.models import AuditLogEntry
@@ -15,6 +22,16 @@ if TYPE_CHECKING:
     from voiceagent.auth.guard import Principal
 
 log = logging.getLogger(__name__)
+
+# Keys in the request's scope["state"]: who was admitted (set by the guard), and whether the
+# route wrote its own entry (so the middleware does not write a second one).
+PRINCIPAL_KEY = "voiceagent_principal"
+AUDITED_KEY = "voiceagent_audited"
+
+
+def client_address(connection: HTTPConnection) -> str:
+    """The peer's address (a trusted proxy's X-Forwarded-For already applied by the server)."""
+    return connection.client.host[:64] if connection.client else "unknown"
 
 
 def _cut(value: str | None, length: int) -> str | None:
@@ -53,16 +70,26 @@ class AuditLog:
         except Exception as exc:
             log.error("audit entry %s by %r not written: %s", action, entry.actor, exc)
 
+    async def record_change(
+        self, connection: HTTPConnection, action: str, *, target: str | None = None, detail: str | None = None
+    ) -> None:
+        """The entry for a change the guard admitted on ``connection``, by whom it admitted."""
+        state = connection.scope.setdefault("state", {})
+        state[AUDITED_KEY] = True
+        principal = state.get(PRINCIPAL_KEY)
+        await self.record(principal, action, target=target, detail=detail, address=client_address(connection))
+
     async def page(
         self, *, limit: int = 50, offset: int = 0, action: str | None = None, actor: str | None = None
     ) -> tuple[list[AuditEntry], int]:
-        """Entries newest first, and how many match in all."""
+        """Entries newest first, and how many match in all: ``action`` is a prefix ("login" finds
+        login.failed too, "POST" every change written by its route), ``actor`` a whole name."""
         # Imported here: the dashboard package may well import this module in turn.
         from voiceagent.admin.schemas import AuditEntry
 
         query = select(AuditLogEntry)
         if action is not None:
-            query = query.where(AuditLogEntry.action == action)
+            query = query.where(AuditLogEntry.action.startswith(action, autoescape=True))
         if actor is not None:
             query = query.where(AuditLogEntry.actor == actor)
         async with self.database.sessions() as session:

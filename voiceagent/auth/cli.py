@@ -54,6 +54,17 @@ def admin_commands(admin: argparse.ArgumentParser, common: argparse.ArgumentPars
     role.add_argument("role", choices=ROLES)
     role.set_defaults(handler=_command(_user_role))
 
+    disable = user.add_parser(
+        "disable",
+        parents=[common],
+        help="refuse a user's logins and end their sessions (kept for the audit log)",
+    )
+    disable.add_argument("name")
+    disable.set_defaults(handler=_command(_user_disable))
+    enable = user.add_parser("enable", parents=[common], help="let a disabled user log in again")
+    enable.add_argument("name")
+    enable.set_defaults(handler=_command(_user_enable))
+
     token = groups.add_parser("token", help="API tokens for scripts (Authorization: Bearer)").add_subparsers(
         title="token commands", metavar="ACTION", required=True
     )
@@ -168,6 +179,18 @@ async def _user_role(database: Database, _settings: Settings, args: argparse.Nam
     ended = await accounts.set_role(database, args.name, args.role)
     await _audit(database, "user.role", f"user:{args.name}", f"role {args.role}; {ended} sessions ended")
     print(f"{args.name} is now {args.role}; {ended} sessions ended")
+
+
+async def _user_disable(database: Database, _settings: Settings, args: argparse.Namespace) -> None:
+    ended = await accounts.set_disabled(database, args.name, True)
+    await _audit(database, "user.disable", f"user:{args.name}", f"{ended} sessions ended")
+    print(f"{args.name} is disabled; {ended} sessions ended")
+
+
+async def _user_enable(database: Database, _settings: Settings, args: argparse.Namespace) -> None:
+    await accounts.set_disabled(database, args.name, False)
+    await _audit(database, "user.enable", f"user:{args.name}")
+    print(f"{args.name} may log in again")
 
 
 async def _token_create(database: Database, _settings: Settings, args: argparse.Namespace) -> None:

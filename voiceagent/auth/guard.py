@@ -19,13 +19,13 @@ from pydantic import BaseModel, ConfigDict
 from starlette.requests import HTTPConnection
 
 from voiceagent.auth.accounts import Role, find_token
-from voiceagent.auth.audit import AuditLog
+from voiceagent.auth.audit import PRINCIPAL_KEY, AuditLog, client_address
 from voiceagent.auth.limits import LoginLimiter
 from voiceagent.auth.sessions import SESSION_COOKIE, SessionRecord, find_session
 from voiceagent.auth.settings import AdminAuthSettings
 from voiceagent.store.database import Database
 
-__all__ = ["AdminAuth", "Identity", "Principal", "Role"]
+__all__ = ["AdminAuth", "Identity", "Principal", "Role", "client_address"]
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,6 @@ def _unauthenticated() -> HTTPException:
     return HTTPException(
         401, "not signed in: log in, or send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
     )
-
-
-def client_address(connection: HTTPConnection) -> str:
-    return connection.client.host[:64] if connection.client else "unknown"
 
 
 class AdminAuth:
@@ -124,6 +120,7 @@ class AdminAuth:
             raise HTTPException(403, "CSRF token missing or wrong")
         if not identity.principal.role.allows(role):
             raise HTTPException(403, f"needs the {role.value} role, not {identity.principal.role.value}")
+        request.scope.setdefault("state", {})[PRINCIPAL_KEY] = identity.principal  # for the audit log
         return identity
 
     def require(self, role: Role) -> Callable[..., Awaitable[Principal]]:

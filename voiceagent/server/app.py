@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from voiceagent import __version__
 from voiceagent.admin.api import AdminServices, admin_router
+from voiceagent.auth.changes import AuditChanges
 from voiceagent.jobs.api import jobs_router
 from voiceagent.knowledge.sources.api import knowledge_router
 from voiceagent.observability.metrics import CONTENT_TYPE
@@ -21,6 +22,11 @@ from voiceagent.outreach.api import outreach_router
 from voiceagent.outreach.intent_store import IntentStore
 from voiceagent.runtime import Runtime
 from voiceagent.server.calls_api import WEB_DIR, calls_router
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from voiceagent.config import ServerSettings
 
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
@@ -46,6 +52,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
     app.state.runtime = runtime
     app.middleware("http")(runtime.metrics.http_middleware)
     app.middleware("http")(_security_headers)
+    app.add_middleware(AuditChanges, audit=runtime.auth.audit)
     # Reads need a signed-in viewer (or an API token), changes an operator: one callable, so a
     # route that also names it to know who asks runs it once.
     guard = runtime.auth.by_method()
@@ -99,6 +106,23 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
         return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
 
     return app
+
+
+def server_config(app: FastAPI, server: ServerSettings) -> uvicorn.Config:
+    """How uvicorn serves the app: the one place that decides whose X-Forwarded-* to believe."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=server.access_log,
+        timeout_graceful_shutdown=int(server.shutdown_timeout_s),
+        lifespan="on",
+        # uvicorn would believe 127.0.0.1 (or $FORWARDED_ALLOW_IPS) by default: any local client
+        # could then pick its own address for the login limits and the audit log.
+        proxy_headers=bool(server.trusted_proxies),
+        forwarded_allow_ips=server.trusted_proxies or None,
+    )
 
 
 async def _security_headers(

@@ -1002,22 +1002,42 @@ class KnowledgePage extends Page {
 
 // -- audit -------------------------------------------------------------------------------------------
 
+// Prefixes the action filter offers; any other prefix works too.
+const AUDIT_ACTIONS = ["login", "logout", "outreach", "intent", "document", "user", "token", "sessions",
+  "POST", "PUT", "DELETE"];
+
 class AuditPage extends Page {
   mount(root) {
+    const action = h("input", { type: "text", name: "action", value: this.param("action"), list: "audit-actions",
+      autocomplete: "off", placeholder: "e.g. login" });
+    const actor = h("input", { type: "text", name: "actor", value: this.param("actor"), autocomplete: "off",
+      placeholder: "user, token:name or cli" });
+    const form = h("form.filters", { role: "search", "aria-label": "Filter the audit log", testid: "audit-filters" },
+      field("Action starts with", action), field("Who", actor),
+      h("datalist", { id: "audit-actions" }, ...AUDIT_ACTIONS.map((a) => h("option", { value: a }))),
+      h("div.field.field-button", null, h("button.btn", { type: "submit" }, "Apply")));
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.filters = { action: action.value.trim(), actor: actor.value.trim() };
+      this.offset = 0;
+      this.app.setParams({ ...this.filters, offset: "" });
+      this.refresh();
+    });
+    this.filters = { action: action.value, actor: actor.value };
     this.offset = Number(this.param("offset", "0")) || 0;
     this.pagerSlot = h("div");
     this.tbl = table({
-      caption: "Audit log", testid: "audit-table", stack: true, empty: "Nothing recorded yet.",
+      caption: "Audit log", testid: "audit-table", stack: true, empty: "Nothing recorded matches.",
       columns: [{ title: "When" }, { title: "Who" }, { title: "Role" }, { title: "Action" }, { title: "Target" }, { title: "Detail" }, { title: "Address" }],
       rows: [],
     });
     const reload = h("button.btn.btn-small", { type: "button", onclick: () => this.refresh() }, "Reload");
-    root.append(this.heading("Audit", reload), this.pagerSlot, this.tbl.wrap);
+    root.append(this.heading("Audit", reload), form, this.pagerSlot, this.tbl.wrap);
     this.refresh();
   }
 
   async refresh() {
-    const page = await this.fetch(() => get("/audit", { limit: PAGE_SIZE, offset: this.offset }));
+    const page = await this.fetch(() => get("/audit", { ...this.filters, limit: PAGE_SIZE, offset: this.offset }));
     if (!page) return;
     replace(this.tbl.body, page.items.map((a) => row([
       time(a.at), a.actor, a.role, h("span.mono", null, a.action), { content: a.target ?? "—", class: "wrap" },
