@@ -27,7 +27,7 @@ from voiceagent.events import BusError, EventBus, JobQueuedEvent
 from voiceagent.events.envelope import decode
 from voiceagent.events.eventbus import DLQ_REASON
 from voiceagent.events.factory import create_transport
-from voiceagent.jobs.feeds import BrokerFeed, Feed, StoreFeed
+from voiceagent.jobs.feeds import BrokerFeed, Feed, StoreFeed, receive_wait
 from voiceagent.jobs.kinds.base import JobContext, JobKind, KindParams
 from voiceagent.jobs.queue import BrokerJobQueue, JobQueue, StoreJobQueue
 from voiceagent.jobs.schemas import FINISHED, Claim, JobRecord
@@ -242,6 +242,13 @@ async def test_transient_failures_are_retried_with_backoff_then_succeed(harness:
     assert time.monotonic() - started >= 0.2 + 0.4  # the backoff: 0.2 s, then 0.4 s
     assert [attempt for _, attempt in harness.echo_log.runs(job_id)] == [1, 2, 3]
     assert harness.echo_log.count("done") == {job_id: 1}
+
+
+def test_kinds_sharing_fewer_slots_poll_shorter_so_each_gets_its_turn_soon() -> None:
+    assert receive_wait(kinds=3, slots=3) == receive_wait(kinds=1, slots=4) == 2.0  # a slot each
+    assert receive_wait(kinds=3, slots=1) == pytest.approx(2.0 / 3)  # a round of turns: 2 s
+    assert receive_wait(kinds=12, slots=1) == 0.5  # never a busy loop of round trips
+    assert receive_wait(kinds=3, slots=1, longest_s=0.2) == 0.2  # a shorter poll is kept
 
 
 def test_the_backoff_doubles_up_to_its_cap() -> None:

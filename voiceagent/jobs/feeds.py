@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 
 ERROR_BACKOFF_S, ERROR_BACKOFF_MAX_S = 1.0, 30.0
 RECEIVE_WAIT_S = 2.0  # a long poll: returns at once when a wake-up arrives
+SHORTEST_WAIT_S = 0.5  # a kind's long poll never shorter (each is a round trip to the broker)
+
+
+def receive_wait(kinds: int, slots: int, longest_s: float = RECEIVE_WAIT_S) -> float:
+    """How long one kind's long poll may hold a slot. With fewer slots than kinds, the kinds take
+    the slots in turn, so a wake-up of the kind last in line waits for every other kind's poll:
+    the polls shorten so that one round of them stays within ``longest_s`` (3 kinds, 1 slot:
+    0.67 s each, a wake-up waits at most ~1.3 s for its kind's turn instead of ~4 s)."""
+    return max(min(SHORTEST_WAIT_S, longest_s), longest_s * min(1.0, slots / max(kinds, 1)))
 
 
 async def pause(stop: asyncio.Event, seconds: float) -> None:
@@ -144,9 +153,10 @@ class BrokerFeed(Feed):
         return f"{self.settings.group_prefix}-{kind}"
 
     async def _feed(self, runner: JobRunner, kinds: Sequence[str], stop: asyncio.Event) -> None:
-        await asyncio.gather(*(self._consume(kind, runner, stop) for kind in kinds))
+        wait_s = receive_wait(len(kinds), self.settings.concurrency, self.wait_s)
+        await asyncio.gather(*(self._consume(kind, runner, stop, wait_s) for kind in kinds))
 
-    async def _consume(self, kind: str, runner: JobRunner, stop: asyncio.Event) -> None:
+    async def _consume(self, kind: str, runner: JobRunner, stop: asyncio.Event, wait_s: float) -> None:
         subscription = await self.bus.subscribe_until_stopped(self.group(kind), ["jobs"], kind, stop)
         if subscription is None:
             return
@@ -154,7 +164,7 @@ class BrokerFeed(Feed):
         try:
             while await self._slot(stop):
                 try:
-                    deliveries = await subscription.receive(1, self.settings.invisible_s, self.wait_s)
+                    deliveries = await subscription.receive(1, self.settings.invisible_s, wait_s)
                     backoff = ERROR_BACKOFF_S
                 except BusError as exc:  # broker down or restarting: the loop waits it out
                     self.slots.release()
