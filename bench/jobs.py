@@ -13,7 +13,10 @@ created_at, run time = finished_at - started_at.
 2. Queue wait under a burst: 60 one-sentence synthesize jobs submitted at once to two workers,
    through the real RocketMQ ``jobs`` topic when ``VA_TEST_ROCKETMQ_ENDPOINT`` names a broker
    (``make bench`` starts one), else the store queue; p50 / p95 of started_at - created_at.
-3. A live call beside two busy workers: the real-model bench server (bench/call_load_server.py,
+3. Dispatch to an idle worker that runs three kinds on one slot (the default concurrency): echo
+   jobs submitted one at a time at random moments (the kinds' turns at the slot are then at a
+   random phase); p50 / p95 / max of started_at - created_at, through the RocketMQ topic.
+4. A live call beside two busy workers: the real-model bench server (bench/call_load_server.py,
    as ``voiceagent serve`` loads it) with one aiortc caller asking four synthesized questions 7 s
    apart; its server-side voice-to-voice latency over 45 s windows in four rounds after a discarded
    warm-up: no workers, two workers busy with a backlog of long synthesize and transcribe jobs,
@@ -25,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -53,6 +58,7 @@ from voiceagent.jobs.schemas import FINISHED, JobRecord
 from voiceagent.jobs.service import IncomingFile, JobService
 from voiceagent.jobs.store import JobStore
 from voiceagent.store import Database, NewTurn, Store
+from voiceagent.testing.jobs import ECHO_EXTRA_KINDS
 
 PROSE = [
     "The museum opens at nine on weekdays and at ten on Sundays.",
@@ -84,6 +90,7 @@ QUESTION_GAP_S = 7.0
 BURST = 60
 BURST_WORKERS = 2
 WINDOW_S = 45.0
+DISPATCH_SAMPLES = 40
 
 
 def log(message: str) -> None:
@@ -98,6 +105,7 @@ async def _run() -> dict[str, Metric]:
     results: dict[str, Metric] = {}
     results |= await measure_throughput()
     results |= await measure_burst()
+    results |= await measure_dispatch()
     results |= await measure_call_beside_workers()
     return results
 
@@ -316,7 +324,38 @@ async def measure_burst() -> dict[str, Metric]:
     }
 
 
-# -- 3. a live call beside two busy workers --------------------------------------------------------
+async def measure_dispatch(samples: int = DISPATCH_SAMPLES) -> dict[str, Metric]:
+    broker = os.environ.get("VA_TEST_ROCKETMQ_ENDPOINT")
+    if not broker:
+        log("dispatch: VA_TEST_ROCKETMQ_ENDPOINT unset: skipped (it measures the broker feed)")
+        return {}
+    rng = random.Random(7)
+    async with JobsBench("dispatch", broker) as bench:
+        bench.env["VOICEAGENT_JOBS__EXTRA_KINDS"] = json.dumps(ECHO_EXTRA_KINDS)
+        bench.service = JobService(bench.jobs, bench.queue, KindRegistry(ECHO_EXTRA_KINDS), bench.settings)
+        kinds = ["synthesize", "transcribe", "echo"]
+        bench.start_workers(kinds)  # concurrency 1: the three kinds take the one slot in turn
+        await bench.finished([await bench.submit("echo", {"text": "warm"})], 600)
+        waits = []
+        for _ in range(samples):
+            await asyncio.sleep(rng.uniform(0.3, 2.5))
+            [job] = await bench.finished([await bench.submit("echo", {"text": "ping"})], 60)
+            waits.append(wait_s(job))
+    note = (
+        f"one idle `voiceagent worker --kinds {','.join(kinds)}` (concurrency 1), {samples} echo jobs "
+        "one at a time at random moments via the RocketMQ jobs topic; wait = started_at - created_at "
+        f"(min {min(waits):.2f} s, mean {sum(waits) / len(waits):.2f} s)"
+    )
+    p50, p95 = percentile(waits, 50), percentile(waits, 95)
+    log(f"dispatch: p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(waits):.2f} s")
+    return {
+        "jobs_dispatch_one_slot_three_kinds_p50_s": metric(p50, "s", "< 1 s", note),
+        "jobs_dispatch_one_slot_three_kinds_p95_s": metric(p95, "s", "< 2 s", note),
+        "jobs_dispatch_one_slot_three_kinds_max_s": metric(max(waits), "s", "-", note),
+    }
+
+
+# -- 4. a live call beside two busy workers --------------------------------------------------------
 
 
 async def measure_call_beside_workers() -> dict[str, Metric]:
