@@ -16,10 +16,11 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from starlette.routing import Mount
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.e2e.conftest import FakeServer
-from voiceagent.auth.accounts import Role, create_token, create_user
+from voiceagent.admin.live import SIGNED_OUT
+from voiceagent.auth.accounts import Role, create_token, create_user, set_disabled
 from voiceagent.server.app import create_app
 from voiceagent.store import NewTurn, Store
 
@@ -151,6 +152,8 @@ async def test_viewers_read_operators_change_with_csrf_and_are_audited(fake_serv
         audit = (await operator.get("/api/admin/audit", params={"action": "outreach.greet"})).json()
         [entry] = audit["items"]
         assert (entry["actor"], entry["target"], entry["detail"]) == ("otto", "ann", event_id)
+        mine = (await operator.get("/api/admin/audit", params={"actor": "otto"})).json()["items"]
+        assert [e["action"] for e in mine] == ["outreach.greet", "login"]  # one entry a change; refusals none
         assert sent.headers["cache-control"] == "no-store"
         assert "va_session" not in json.dumps(audit)
 
@@ -177,6 +180,8 @@ async def test_the_live_socket_admits_signed_in_dashboards_of_this_origin_only(
     fake_server: FakeServer,
 ) -> None:
     runtime = fake_server.runtime
+    hub = runtime.admin.hub
+    hub.settings = hub.settings.model_copy(update={"recheck_s": 0.2})
     await create_user(runtime.database, "vera", PASSWORD, Role.VIEWER)
     ws_url = fake_server.base.replace("http", "ws") + "/api/admin/live"
     async with httpx.AsyncClient(base_url=fake_server.base) as http:
@@ -203,3 +208,11 @@ async def test_the_live_socket_admits_signed_in_dashboards_of_this_origin_only(
             while update.get("type") != "turn":
                 update = json.loads(await socket.recv())
         assert update["turn"]["call_id"] == "zoe-call" and update["turn"]["user_text"] == "hi"
+
+        # Her user disabled while the dashboard is open: the socket is closed at the next recheck.
+        await set_disabled(runtime.database, "vera", True)
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(20):  # rechecked every 0.2 s here: only a defect waits this long
+                while True:
+                    await socket.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == SIGNED_OUT

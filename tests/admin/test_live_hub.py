@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.websockets import WebSocketState
 
-from voiceagent.admin.live import FLOOD, FULL, TOO_SLOW, LiveHub
+from voiceagent.admin.live import FLOOD, FULL, SIGNED_OUT, TOO_SLOW, LiveHub
 from voiceagent.admin.schemas import LiveUpdate
 from voiceagent.admin.settings import AdminSettings
 from voiceagent.events.envelope import utcnow
@@ -88,6 +88,27 @@ async def test_a_peer_that_stops_reading_is_dropped_after_the_send_timeout() -> 
     await _until(lambda: dead.closed is not None)
     assert dead.closed is not None and dead.closed[0] == TOO_SLOW
     await serving
+
+
+async def test_a_dashboard_whose_sign_in_ends_is_closed_and_a_blinking_store_keeps_it() -> None:
+    hub = _hub(recheck_s=0.02)
+    answers: asyncio.Queue[bool | Exception] = asyncio.Queue()
+    for answer in (True, OSError("store down"), True):
+        answers.put_nowait(answer)
+    asked = 0
+
+    async def signed_in() -> bool:
+        nonlocal asked
+        asked += 1
+        answer = answers.get_nowait() if not answers.empty() else False  # then: revoked
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    socket = FakeSocket()
+    await hub.serve(socket, "revoked", signed_in)  # returns once closed
+    assert asked == 4 and socket.closed == (SIGNED_OUT, "signed out")
+    assert not hub.dashboards and not hub.watched.is_set()
 
 
 async def test_a_flooding_client_is_cut_off_and_a_full_node_refuses() -> None:

@@ -11,6 +11,7 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 
 from voiceagent.auth.accounts import Role, create_token, create_user
+from voiceagent.auth.audit import describe_change
 from voiceagent.auth.changes import AuditChanges
 from voiceagent.auth.guard import AdminAuth, Principal
 from voiceagent.auth.settings import AdminAuthSettings
@@ -41,10 +42,16 @@ def build_app(auth: AdminAuth) -> FastAPI:
 
     @things.patch("/{name}")
     async def tidy_thing(name: str, request: Request) -> dict[str, Any]:
-        await auth.audit.record_change(request, "thing.tidy", target=name)
+        describe_change(request, "thing.tidy", target=name)
         return {"tidied": name}
 
+    @things.post("/{name}/break")
+    async def break_thing(name: str, request: Request) -> dict[str, Any]:
+        describe_change(request, "thing.break", target=name)
+        raise HTTPException(409, "it resists")
+
     app.include_router(things)
+    app.include_router(things, prefix="/v2")  # FastAPI keeps an include's prefix out of the route
 
     Operator = Annotated[Principal, Depends(auth.require(Role.OPERATOR))]
 

@@ -129,12 +129,15 @@ async def test_a_failed_audit_write_does_not_raise(
 async def test_every_admitted_change_is_audited_once_with_its_outcome(
     client: httpx.AsyncClient, auth: AdminAuth, operator_token: str
 ) -> None:
-    """Routes that say what a change means write that; any other admitted change is written as
-    its method, route and status by the middleware; reads and refused requests write nothing."""
+    """Routes that say what a change means are written so (with the status if it then failed);
+    any other admitted change as its method, route (its path under an include prefix) and status;
+    reads and refused requests write nothing."""
     bearer = {"Authorization": f"Bearer {operator_token}"}
     assert (await client.post("/api/admin/things", headers=bearer)).status_code == 200
     assert (await client.put("/api/admin/things/missing", headers=bearer)).status_code == 404
     assert (await client.patch("/api/admin/things/lamp", headers=bearer)).status_code == 200
+    assert (await client.post("/api/admin/things/vase/break", headers=bearer)).status_code == 409
+    assert (await client.put("/v2/api/admin/things/cup", headers=bearer)).status_code == 200
     assert (await client.delete("/api/admin/danger", headers=bearer)).status_code == 200
     assert (await client.get("/api/admin/things", headers=bearer)).status_code == 200
     assert (await client.post("/api/admin/things")).status_code == 401
@@ -147,10 +150,19 @@ async def test_every_admitted_change_is_audited_once_with_its_outcome(
         ("token:ci", "POST /api/admin/things", "/api/admin/things", "HTTP 200"),
         ("token:ci", "PUT /api/admin/things/{name}", "/api/admin/things/missing", "HTTP 404"),
         ("token:ci", "thing.tidy", "lamp", None),
+        ("token:ci", "thing.break", "vase", "(HTTP 409)"),
+        ("token:ci", "PUT /v2/api/admin/things/cup", "/v2/api/admin/things/cup", "HTTP 200"),
         ("token:ci", "DELETE /api/admin/danger", "/api/admin/danger", "HTTP 200"),
         ("victor", "login", None, None),
     ]
     assert all(e.address == "127.0.0.1" for e in entries)
+    # The action filter is a prefix, case and all, on SQLite as on PostgreSQL.
+    assert [(await auth.audit.page(action=a))[1] for a in ("POST", "post", "thing.", "PUT /v2")] == [
+        1,
+        0,
+        2,
+        1,
+    ]
 
 
 @pytest.mark.parametrize(

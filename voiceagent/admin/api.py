@@ -30,6 +30,7 @@ from voiceagent.admin.schemas import (
     UserDetail,
     UserSummary,
 )
+from voiceagent.auth.audit import describe_change
 from voiceagent.auth.guard import AdminAuth, Principal
 from voiceagent.knowledge.documents import DocumentStateName
 from voiceagent.knowledge.sources.api import DOC_ID, delete_document
@@ -130,9 +131,7 @@ def admin_router(
             view = await queries.intent(record_id)
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
-        await auth.audit.record_change(
-            request, f"intent.{change.status}", target=f"{view.user_id}/{view.intent}"
-        )
+        describe_change(request, f"intent.{change.status}", target=f"{view.user_id}/{view.intent}")
         return view
 
     @api.get("/outreach", response_model=Page[EventRecord], summary="Outreach events and their stages")
@@ -157,11 +156,7 @@ def admin_router(
         openapi_extra=SEND_BODY,
     )
     async def send(request: Request) -> PublishResult:
-        sent, result = await send_from_request(services.publisher, request)
-        await auth.audit.record_change(
-            request, f"outreach.{sent.type}", target=sent.user_id, detail=result.event_id
-        )
-        return result
+        return (await send_from_request(services.publisher, request))[1]
 
     @api.get("/knowledge", response_model=KnowledgeOverview, summary="Documents and their ingestion")
     async def knowledge(
@@ -176,9 +171,7 @@ def admin_router(
         summary="Delete a document (operator)",
     )
     async def delete(doc_id: Annotated[str, Path(pattern=DOC_ID)], request: Request) -> Submitted:
-        deleted = await delete_document(services.documents, doc_id)
-        await auth.audit.record_change(request, "document.delete", target=doc_id)
-        return deleted
+        return await delete_document(services.documents, doc_id, request)
 
     @api.get(
         "/charts", response_model=Charts, summary="Latency per stage, intents over time, outreach funnel"
@@ -210,7 +203,11 @@ def admin_router(
         if principal is None:
             await websocket.close(1008, "not signed in")  # before accept: the handshake gets a 403
             return
-        await services.hub.serve(websocket, principal.name)
+
+        async def still_signed_in() -> bool:
+            return await auth.authenticate_websocket(websocket) is not None
+
+        await services.hub.serve(websocket, principal.name, still_signed_in)
 
     @router.get("/admin/login", include_in_schema=False)
     async def login_page() -> FileResponse:

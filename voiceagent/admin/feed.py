@@ -87,7 +87,9 @@ class ChangeFeed:
             await self._baseline()
         except Exception as exc:
             log.warning("admin feed: store unreadable: %s: %s", type(exc).__name__, exc)
-            await asyncio.sleep(self.poll_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_s):
+                    await stop.wait()
             return
         self.hub.following.set()
         try:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -24,6 +24,7 @@ from voiceagent.events.envelope import utcnow
 log = logging.getLogger(__name__)
 
 TOO_SLOW = 4000  # dropped: reconnect and resync
+SIGNED_OUT = 4001  # the sign-in that opened it is no longer valid
 FULL = 1013  # try again later: this node has max_dashboards already
 FLOOD = 1008  # policy violation: too many or too large messages
 MAX_CLIENT_MESSAGE = 4096
@@ -74,8 +75,11 @@ class LiveHub:
                 if not dashboard.offer(text):
                     self.drops += 1
 
-    async def serve(self, websocket: WebSocket, who: str) -> None:
-        """Run one dashboard's socket until it closes (already authenticated by the caller)."""
+    async def serve(
+        self, websocket: WebSocket, who: str, signed_in: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
+        """Run one dashboard's socket until it closes (already authenticated by the caller, who
+        may pass ``signed_in`` to have that checked again every ``recheck_s``)."""
         if len(self.dashboards) >= self.settings.max_dashboards:
             await websocket.close(FULL, "too many dashboards on this node")
             return
@@ -95,12 +99,17 @@ class LiveHub:
         sender = asyncio.create_task(self._send(dashboard), name=f"dashboard-send-{who}")
         receiver = asyncio.create_task(self._receive(dashboard), name=f"dashboard-receive-{who}")
         gone = asyncio.create_task(dashboard.gone.wait())
+        tasks = [sender, receiver, gone]
+        if signed_in is not None:
+            tasks.append(
+                asyncio.create_task(self._recheck(dashboard, signed_in), name=f"dashboard-auth-{who}")
+            )
         try:
-            await asyncio.wait([sender, receiver, gone], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sender, receiver, gone):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(sender, receiver, gone, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._leave(dashboard)
             await self._close(dashboard)
 
@@ -119,6 +128,19 @@ class LiveHub:
                     await dashboard.websocket.send_text(text)
             except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
                 dashboard.drop("send failed")
+                return
+
+    async def _recheck(self, dashboard: Dashboard, signed_in: Callable[[], Awaitable[bool]]) -> None:
+        while True:
+            await asyncio.sleep(self.settings.recheck_s)
+            try:
+                still = await signed_in()
+            except Exception as exc:  # the store blinked: keep the dashboard, ask again later
+                log.warning("dashboard %s: sign-in not rechecked: %s", dashboard.who, exc)
+                continue
+            if not still:
+                log.info("dashboard %s closed: signed out", dashboard.who)
+                dashboard.drop("signed out")
                 return
 
     async def _receive(self, dashboard: Dashboard) -> None:
@@ -145,9 +167,11 @@ class LiveHub:
     async def _close(dashboard: Dashboard) -> None:
         if dashboard.websocket.application_state == WebSocketState.DISCONNECTED:
             return
-        code = {"flood": FLOOD}.get(dashboard.dropped or "", TOO_SLOW)
+        code = {"flood": FLOOD, "signed out": SIGNED_OUT}.get(dashboard.dropped or "", TOO_SLOW)
         if dashboard.dropped == "closed by the client":
             return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
-                await dashboard.websocket.close(code, "reconnect and resync")
+                await dashboard.websocket.close(
+                    code, "signed out" if code == SIGNED_OUT else "reconnect and resync"
+                )

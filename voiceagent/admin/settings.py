@@ -19,3 +19,6 @@ class AdminSettings(BaseModel):
     send_timeout_s: float = Field(5.0, gt=0)
     # A client sending more than this many messages a second is disconnected (flood).
     max_client_messages_per_s: float = Field(20.0, gt=0)
+    # An open dashboard's sign-in is checked again this often: a session revoked, expired or of
+    # a user disabled meanwhile stops receiving (closed with 4001; the page goes to the login).
+    recheck_s: float = Field(30.0, gt=0)

@@ -143,12 +143,13 @@ async def set_role(database: Database, username: str, role: Role | str) -> int:
 
 async def set_disabled(database: Database, username: str, disabled: bool) -> int:
     """Disable (or enable again) a user without removing their history: a disabled user cannot log
-    in and their sessions end now; returns how many sessions ended."""
+    in and their sessions end now; returns how many sessions ended. Enabling ends sessions too: a
+    login that passed its check as the user was being disabled may have opened one since."""
     async with database.sessions.begin() as session:
         user = await _user_for_update(session, username)
         user.disabled = disabled
         user.updated_at = utcnow()
-        return await _revoke_sessions(session, user.id) if disabled else 0
+        return await _revoke_sessions(session, user.id)
 
 
 async def revoke_sessions(database: Database, username: str) -> int:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from voiceagent.auth.accounts import Role, check_login
+from voiceagent.auth.audit import describe_change
 from voiceagent.auth.guard import AdminAuth, Principal, client_address
 from voiceagent.auth.passwords import MAX_PASSWORD_LENGTH, dummy_hash
 from voiceagent.auth.sessions import SESSION_COOKIE, open_session, revoke_session
@@ -151,7 +152,7 @@ def session_router(auth: AdminAuth) -> APIRouter:
                 400, "an API token has no session: revoke it with `voiceagent admin token revoke`"
             )
         await revoke_session(auth.database, identity.session.id)
-        await auth.audit.record_change(request, "logout")
+        describe_change(request, "logout")
         response = Response(status_code=204)
         response.delete_cookie(
             SESSION_COOKIE, path="/", secure=secure(request), httponly=True, samesite="strict"

@@ -1,9 +1,11 @@
 """The audit log: who changed what, when and from where, kept in the shared store.
 
-Every change a signed-in caller is let through to is written here: routes that know what the
-change means write a specific entry (``outreach.ask`` to ``ann``) with :meth:`AuditLog.record_change`;
-any other is written by :class:`voiceagent.auth.changes.AuditChanges` as its method, route and
-HTTP status, so a new route cannot change things unrecorded.
+Every change a signed-in caller is let through to is written here, by one writer:
+:class:`voiceagent.auth.changes.AuditChanges`, around the whole app. A route that knows what its
+change means says so with :func:`describe_change` (``outreach.ask`` to ``ann``, the event id);
+any other change is written as its method, route and HTTP status, so a route added later cannot
+change things unrecorded. Logins (which admit nobody yet) and the CLI write with
+:meth:`AuditLog.record` themselves.
 """
 
 from __future__ import annotations
@@ -23,10 +25,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Keys in the request's scope["state"]: who was admitted (set by the guard), and whether the
-# route wrote its own entry (so the middleware does not write a second one).
+# Keys in the request's scope["state"]: who the guard admitted, and what the route said its
+# change means.
 PRINCIPAL_KEY = "voiceagent_principal"
-AUDITED_KEY = "voiceagent_audited"
+CHANGE_KEY = "voiceagent_change"
+
+
+def describe_change(
+    connection: HTTPConnection, action: str, *, target: str | None = None, detail: str | None = None
+) -> None:
+    """Name this request's change for the audit log (written by the middleware, for whoever the
+    guard admitted, before the answer goes out); the last description wins."""
+    connection.scope.setdefault("state", {})[CHANGE_KEY] = (action, target, detail)
 
 
 def client_address(connection: HTTPConnection) -> str:
@@ -70,15 +80,6 @@ class AuditLog:
         except Exception as exc:
             log.error("audit entry %s by %r not written: %s", action, entry.actor, exc)
 
-    async def record_change(
-        self, connection: HTTPConnection, action: str, *, target: str | None = None, detail: str | None = None
-    ) -> None:
-        """The entry for a change the guard admitted on ``connection``, by whom it admitted."""
-        state = connection.scope.setdefault("state", {})
-        state[AUDITED_KEY] = True
-        principal = state.get(PRINCIPAL_KEY)
-        await self.record(principal, action, target=target, detail=detail, address=client_address(connection))
-
     async def page(
         self, *, limit: int = 50, offset: int = 0, action: str | None = None, actor: str | None = None
     ) -> tuple[list[AuditEntry], int]:
@@ -89,7 +90,8 @@ class AuditLog:
 
         query = select(AuditLogEntry)
         if action is not None:
-            query = query.where(AuditLogEntry.action.startswith(action, autoescape=True))
+            # substr, not LIKE: SQLite's LIKE ignores case and PostgreSQL's does not.
+            query = query.where(func.substr(AuditLogEntry.action, 1, len(action)) == action)
         if actor is not None:
             query = query.where(AuditLogEntry.actor == actor)
         async with self.database.sessions() as session:

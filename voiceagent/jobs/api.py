@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from voiceagent.admin.api import PAGE_HEADERS
+from voiceagent.auth.audit import describe_change
 from voiceagent.auth.guard import Principal
 from voiceagent.jobs.schemas import (
     REASONS,
@@ -205,6 +206,7 @@ def jobs_router(service: JobService, guard: Callable[..., Awaitable[Principal]])
             raise UnsupportedMediaType(
                 f"send application/json or multipart/form-data, not {media_type or 'no Content-Type'}"
             )
+        describe_change(request, "job.submit", target=job.id, detail=job.kind)
         location = job_url(job.id)
         response.headers["Location"] = location
         return JobAccepted(job_id=job.id, status=_shown(job), location=location)
@@ -273,7 +275,8 @@ def jobs_router(service: JobService, guard: Callable[..., Awaitable[Principal]])
         summary="Cancel a job (operator): at once if queued, at its next progress report if running",
         responses={**NOT_FOUND, 409: _problem("the job has already finished"), **SIGNED_IN},
     )
-    async def cancel(job_id: JobId) -> JobView:
+    async def cancel(job_id: JobId, request: Request) -> JobView:
+        describe_change(request, "job.cancel", target=job_id)
         return view_of(await service.cancel(job_id))
 
     router = APIRouter()

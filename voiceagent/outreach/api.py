@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from voiceagent.auth.audit import describe_change
 from voiceagent.events import PublishFailed
 from voiceagent.outreach.ledger import EventRecord, OutreachLedger, Status
 from voiceagent.outreach.manual import USER_ID_PATTERN, OutreachRequest
@@ -39,12 +40,15 @@ async def send_from_request(
     if len(body) > MAX_BODY_BYTES:
         raise HTTPException(413, f"body larger than {MAX_BODY_BYTES} bytes")
     outreach = parse_json_body(OutreachRequest, body, "outreach request")
+    describe_change(request, f"outreach.{outreach.type}", target=outreach.user_id)
     try:
-        return outreach, await publisher.publish(outreach.to_event())
+        result = await publisher.publish(outreach.to_event())
     except UnknownUser as exc:
         raise HTTPException(404, str(exc)) from None
     except PublishFailed as exc:
         raise HTTPException(503, f"not published: {exc}", headers={"Retry-After": "5"}) from None
+    describe_change(request, f"outreach.{outreach.type}", target=outreach.user_id, detail=result.event_id)
+    return outreach, result
 
 
 class EventPage(BaseModel):

@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
+from voiceagent.auth.audit import describe_change
 from voiceagent.events import PublishFailed
 from voiceagent.knowledge.documents import DocumentState, DocumentStateName, DocumentStates
 from voiceagent.knowledge.parsing import DocumentRefused
@@ -47,8 +48,9 @@ class SearchResult(BaseModel):
     passages: list[FoundPassage]
 
 
-async def delete_document(submitter: DocumentSubmitter, doc_id: str) -> Submitted:
+async def delete_document(submitter: DocumentSubmitter, doc_id: str, request: Request) -> Submitted:
     """Delete a document for an HTTP caller: 404 when unknown, 503 when the broker is down."""
+    describe_change(request, "document.delete", target=doc_id)
     try:
         deleted = await submitter.delete(doc_id)
     except PublishFailed as exc:
@@ -117,6 +119,7 @@ def knowledge_router(submitter: DocumentSubmitter, states: DocumentStates, retri
     )
     async def add(request: Request) -> Submitted:
         doc_id, content, filename = await read_upload(request, None)
+        describe_change(request, "document.add", target=doc_id, detail=filename)
         current = await submitter.sources.get(doc_id)
         if current is not None and not current.deleted and current.version != version_of(content):
             raise HTTPException(409, f"document {doc_id!r} exists with other content: PUT replaces it")
@@ -130,7 +133,9 @@ def knowledge_router(submitter: DocumentSubmitter, states: DocumentStates, retri
         responses=refusals,  # type: ignore[arg-type]
     )
     async def replace(request: Request, doc_id: Annotated[str, Path(pattern=DOC_ID)]) -> Submitted:
-        return await submit(*await read_upload(request, doc_id))
+        doc_id, content, filename = await read_upload(request, doc_id)
+        describe_change(request, "document.replace", target=doc_id, detail=filename)
+        return await submit(doc_id, content, filename)
 
     @router.delete(
         "/api/knowledge/documents/{doc_id:path}",
@@ -139,8 +144,8 @@ def knowledge_router(submitter: DocumentSubmitter, states: DocumentStates, retri
         summary="Delete a document: its chunks leave the index",
         responses={404: {"description": "no such document"}, 503: refusals[503]},
     )
-    async def delete(doc_id: Annotated[str, Path(pattern=DOC_ID)]) -> Submitted:
-        return await delete_document(submitter, doc_id)
+    async def delete(doc_id: Annotated[str, Path(pattern=DOC_ID)], request: Request) -> Submitted:
+        return await delete_document(submitter, doc_id, request)
 
     @router.get(
         "/api/knowledge/documents", response_model=list[DocumentState], summary="Documents, newest first"
