@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -92,10 +93,25 @@ class KnowledgeNode:
                     await asyncio.wait_for(self._stop.wait(), INDEX_RETRY_S)
         else:
             return
+        await self._warm_up(self.index, embeddings)
         log.info("knowledge index open at %s", self.settings.milvus.uri)
         self.retriever.attach(self.index, embeddings)
         if self.settings.ingest.enabled:
             await self._ingest(self.index, embeddings)
+
+    @staticmethod
+    async def _warm_up(index: KnowledgeIndex, embeddings: EmbeddingEngine) -> None:
+        """One lookup before any call's: the first embedding and the first search of a fresh
+        process are slow (measured 1.1 s, past the lookup's bound, so the first caller of a new
+        node was answered a second late and without notes). Until it is done calls go without."""
+        started = time.perf_counter()
+        try:
+            [vector] = await embeddings.embed_queries(["warming up"])
+            await index.search("warming up", vector, limit=1)
+        except Exception as exc:  # the lookup itself will say what is wrong, call by call
+            log.warning("knowledge lookup warm-up failed: %s: %s", type(exc).__name__, exc)
+            return
+        log.info("knowledge lookup warmed up in %.2f s", time.perf_counter() - started)
 
     async def _ingest(self, index: KnowledgeIndex, embeddings: EmbeddingEngine) -> None:
         ingest = self.settings.ingest
