@@ -122,3 +122,16 @@ async def test_a_passage_longer_than_the_budget_is_cut_not_dropped() -> None:
     index = Index([hit("spa", "水疗中心每天上午十点开门。" * 40, 0.9)])  # one token a character
     consulted = await retriever(index, max_notes_tokens=30).lookup("水疗中心几点开门？")
     assert "水疗中心每天上午十点开门" in consulted.notes and estimate_tokens(consulted.notes) < 80
+
+
+async def test_the_node_warms_the_lookup_once_before_calls_consult_it(caplog: pytest.LogCaptureFixture) -> None:
+    """A fresh process's first embedding and search are slow (1.1 s measured, past the bound):
+    the node runs one before attaching the index, and a failing one only costs a warning."""
+    from voiceagent.knowledge.node import KnowledgeNode
+
+    index = Index([])
+    await KnowledgeNode._warm_up(index, Embeddings())
+    assert index.searches == [("warming up", 1)]
+    broken = Index([], error=OSError("index gone"))
+    await KnowledgeNode._warm_up(broken, Embeddings())  # logs, does not raise
+    assert "knowledge lookup warm-up failed: OSError: index gone" in caplog.text
