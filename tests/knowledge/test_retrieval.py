@@ -124,7 +124,7 @@ async def test_a_passage_longer_than_the_budget_is_cut_not_dropped() -> None:
     assert "水疗中心每天上午十点开门" in consulted.notes and estimate_tokens(consulted.notes) < 80
 
 
-async def test_the_node_warms_the_lookup_once_before_calls_consult_it(caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_node_warms_the_lookup_before_calls_consult_it(caplog: pytest.LogCaptureFixture) -> None:
     """A fresh process's first embedding and search are slow (1.1 s measured, past the bound):
     the node runs one before attaching the index, and a failing one only costs a warning."""
     from voiceagent.knowledge.node import KnowledgeNode
