@@ -77,8 +77,14 @@ async def test_an_operator_watches_a_call_live_and_reaches_the_caller(
     browser = await launch_browser(_mic(tmp_path / "caller.wav", questions=2))  # then quiet
     admin, problems = await _page(browser)
 
-    # A stranger gets the login page; the API and the live socket refuse it.
-    await admin.goto(f"{base}/admin/login")
+    # A stranger opening the dashboard is sent to the login page without asking the API (so no
+    # 401 in the console); the API and the live socket refuse it.
+    console: list[str] = []
+    admin.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    await admin.goto(f"{base}/admin#/calls")
+    await admin.wait_for_url(f"{base}/admin/login", timeout=10_000)
+    await admin.wait_for_selector('[data-testid="login-form"]')
+    assert console == []
     refused = await admin.evaluate(
         """async () => {
           const api = (await fetch('/api/admin/overview')).status;
@@ -93,6 +99,10 @@ async def test_an_operator_watches_a_call_live_and_reaches_the_caller(
     await _shot(admin, "login")
 
     await _log_in(admin, base, "otto")
+    await admin.wait_for_selector('[data-testid="calls-table"]')  # back where the stranger began
+    assert admin.url.endswith("/admin#/calls")
+    await admin.click('[data-testid="nav-overview"]')
+    await admin.wait_for_selector('[data-testid="overview-live-calls"]')
     await _shot(admin, "overview-empty")
 
     # A call placed from a second page appears live, and its transcript grows as it goes.

@@ -19,9 +19,9 @@ from voiceagent.store import Database
 from voiceagent.store.models import AdminSession, AdminUser, utcnow
 
 
-def _set_cookie(response: httpx.Response) -> dict[str, str]:
-    """The va_session Set-Cookie header's attributes, names lowercased ("" for flags)."""
-    (header,) = [h for h in response.headers.get_list("set-cookie") if h.startswith("va_session=")]
+def _set_cookie(response: httpx.Response, name: str = "va_session") -> dict[str, str]:
+    """A Set-Cookie header's attributes, names lowercased ("" for flags)."""
+    (header,) = [h for h in response.headers.get_list("set-cookie") if h.startswith(f"{name}=")]
     attributes: dict[str, str] = {}
     for part in header.split(";"):
         name, _, value = part.strip().partition("=")
@@ -41,6 +41,10 @@ async def test_login_sets_a_strict_httponly_cookie_and_the_session_reads_back(
     assert "secure" not in cookie
     assert cookie["max-age"] == str(int(auth.settings.session_ttl_s))
     assert len(cookie["va_session"]) >= 43
+    # Beside it, for the pages' scripts only to know a session may exist: no secret, same life.
+    hint = _set_cookie(response, "va_signed_in")
+    assert hint["va_signed_in"] == "1" and "httponly" not in hint and hint["samesite"].lower() == "strict"
+    assert hint["max-age"] == cookie["max-age"]
 
     current = await client.get("/api/admin/session")
     assert current.status_code == 200
@@ -123,6 +127,7 @@ async def test_logout_revokes_the_session_and_clears_the_cookie(
     response = await client.delete("/api/admin/session", headers={"X-CSRF-Token": csrf})
     assert response.status_code == 204
     assert _set_cookie(response)["max-age"] == "0"
+    assert _set_cookie(response, "va_signed_in")["max-age"] == "0"
     replay = make_client()
     replay.cookies.set("va_session", stolen)
     assert (await replay.get("/api/admin/session")).status_code == 401

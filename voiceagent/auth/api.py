@@ -13,7 +13,7 @@ from voiceagent.auth.accounts import Role, check_login
 from voiceagent.auth.audit import describe_change
 from voiceagent.auth.guard import AdminAuth, Principal, client_address
 from voiceagent.auth.passwords import MAX_PASSWORD_LENGTH, dummy_hash
-from voiceagent.auth.sessions import SESSION_COOKIE, open_session, revoke_session
+from voiceagent.auth.sessions import SESSION_COOKIE, SIGNED_IN_COOKIE, open_session, revoke_session
 from voiceagent.server.bodies import BodyTooLarge, read_limited
 from voiceagent.server.errors import parse_json_body
 from voiceagent.store.records import UtcDatetime
@@ -110,15 +110,16 @@ def session_router(auth: AdminAuth) -> APIRouter:
         principal = Principal(kind="session", name=user.username, role=user.role, session_id=session.id)
         await auth.audit.record(principal, "login", address=address)
         log.info("admin %r logged in from %s", user.username, address)
-        response.set_cookie(
-            SESSION_COOKIE,
-            cookie,
-            max_age=math.ceil(settings.session_ttl_s),
-            path="/",
-            secure=secure(request),
-            httponly=True,
-            samesite="strict",
-        )
+        for name, value, httponly in ((SESSION_COOKIE, cookie, True), (SIGNED_IN_COOKIE, "1", False)):
+            response.set_cookie(
+                name,
+                value,
+                max_age=math.ceil(settings.session_ttl_s),
+                path="/",
+                secure=secure(request),
+                httponly=httponly,
+                samesite="strict",
+            )
         return SessionInfo(
             username=user.username,
             role=user.role,
@@ -154,9 +155,10 @@ def session_router(auth: AdminAuth) -> APIRouter:
         await revoke_session(auth.database, identity.session.id)
         describe_change(request, "logout")
         response = Response(status_code=204)
-        response.delete_cookie(
-            SESSION_COOKIE, path="/", secure=secure(request), httponly=True, samesite="strict"
-        )
+        for name, httponly in ((SESSION_COOKIE, True), (SIGNED_IN_COOKIE, False)):
+            response.delete_cookie(
+                name, path="/", secure=secure(request), httponly=httponly, samesite="strict"
+            )
         return response
 
     return router

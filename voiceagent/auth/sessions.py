@@ -20,6 +20,9 @@ from voiceagent.store.models import AdminSession, AdminUser, utcnow
 from voiceagent.store.records import UtcDatetime
 
 SESSION_COOKIE = "va_session"
+# Set beside the session cookie, readable by the pages' scripts and holding no secret: without it
+# a page goes straight to the login instead of asking the API and logging a 401 in the console.
+SIGNED_IN_COOKIE = "va_signed_in"
 _MAX_COOKIE_LENGTH = 100  # ours are 43 characters; anything far longer is not worth a lookup
 
 

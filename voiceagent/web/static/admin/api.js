@@ -37,9 +37,14 @@ export class LoggedOut extends Error {}
 
 let leaving = false;
 
+// Set with the session, readable here, no secret: without it there is no session to ask about.
+const SIGNED_IN = "va_signed_in";
+const signedInHint = () => document.cookie.split(/;\s*/).includes(`${SIGNED_IN}=1`);
+
 export function toLogin() {
   if (!leaving) {
     leaving = true;
+    document.cookie = `${SIGNED_IN}=; Max-Age=0; Path=/; SameSite=Strict`; // the session is gone
     try {
       const dashboard = location.pathname.startsWith("/admin");
       const back = dashboard ? (location.hash !== "#" ? location.hash : "") : location.pathname;
@@ -126,6 +131,7 @@ export const get = (path, query, signal) => api("GET", path, { query, signal });
 
 /** GET /api/admin/session: who is logged in, and the CSRF token for this session. */
 export async function loadSession() {
+  if (!signedInHint()) throw toLogin(); // straight to the login, no 401 in the console
   const res = await fetch("/api/admin/session", {
     headers: { Accept: "application/json" },
     credentials: "same-origin",
