@@ -10,8 +10,8 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from voiceagent.auth.accounts import Role, check_login
-from voiceagent.auth.audit import describe_change
-from voiceagent.auth.guard import AdminAuth, Principal, client_address
+from voiceagent.auth.audit import client_address, describe_change
+from voiceagent.auth.guard import AdminAuth, Principal
 from voiceagent.auth.passwords import MAX_PASSWORD_LENGTH, dummy_hash
 from voiceagent.auth.sessions import SESSION_COOKIE, SIGNED_IN_COOKIE, open_session, revoke_session
 from voiceagent.server.bodies import BodyTooLarge, read_limited

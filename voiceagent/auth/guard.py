@@ -25,7 +25,7 @@ from voiceagent.auth.sessions import SESSION_COOKIE, SessionRecord, find_session
 from voiceagent.auth.settings import AdminAuthSettings
 from voiceagent.store.database import Database
 
-__all__ = ["AdminAuth", "Identity", "Principal", "Role", "client_address"]
+__all__ = ["AdminAuth", "Identity", "Principal", "Role"]
 
 log = logging.getLogger(__name__)
 
